@@ -1,0 +1,1 @@
+"""Qt dock widgets (the only place that imports Qt, magicgui or calls ``viewer.add_*``)."""

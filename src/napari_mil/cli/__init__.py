@@ -1,0 +1,1 @@
+"""The ``napari-mil`` command line."""

@@ -1,0 +1,1 @@
+"""Exports: region-of-interest crops, GeoJSON/CSV tile tables, heatmap rasters."""

@@ -1,0 +1,1 @@
+"""Patch embedders (registry) and batched feature extraction on a device."""

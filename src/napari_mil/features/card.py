@@ -1,0 +1,176 @@
+"""The card that travels with every patch embedder: what it expects and what it returns.
+
+A card is stored as JSON: beside an exported model (``model.pt2`` + ``model.pt2.json``) or in
+the metadata of a ``.safetensors`` file (key ``"napari_mil.extractor_card"``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from .._types import PathLike
+from ..errors import ExtractorError
+
+__all__ = [
+    "CARD_METADATA_KEY",
+    "CARD_VERSION",
+    "ExtractorCard",
+    "ExtractorKind",
+    "card_sidecar_path",
+    "read_card_json",
+]
+
+CARD_VERSION = 1
+#: key of the card in a safetensors file's metadata
+CARD_METADATA_KEY = "napari_mil.extractor_card"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ExtractorKind(StrEnum):
+    BUILTIN = "builtin"  # an architecture defined in napari-mil (registry) + safetensors weights
+    TORCHSCRIPT = "torchscript"  # torch.jit.save file (.pt / .ts)
+    EXPORT = "export"  # torch.export.save file (.pt2)
+
+
+@dataclass(frozen=True)
+class ExtractorCard:
+    """What an embedder expects (RGB input size, normalisation, pixel size) and returns.
+
+    ``mpp`` is the pixel size of the tiles the embedder was trained on (0.5 ≈ 20x); tiles are
+    resized to ``input_size_px`` before embedding. ``arch``/``arch_kwargs`` rebuild a builtin
+    architecture from the registry; exported files carry their own graph.
+    """
+
+    name: str
+    input_size_px: int
+    output_dim: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    mpp: float = 0.5
+    kind: ExtractorKind = ExtractorKind.BUILTIN
+    version: int = CARD_VERSION
+    arch: str = ""
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        try:
+            object.__setattr__(self, "kind", ExtractorKind(self.kind))
+        except ValueError:
+            raise ExtractorError(
+                f"Extractor card {self.name!r}: kind {self.kind!r} is not one of "
+                f"{', '.join(k.value for k in ExtractorKind)}."
+            ) from None
+        self.validate()
+
+    def validate(self) -> ExtractorCard:
+        """Raise :class:`ExtractorError` naming every bad field; return self when valid."""
+        problems = []
+        if not str(self.name).strip():
+            problems.append("name is empty")
+        if not isinstance(self.input_size_px, int) or self.input_size_px < 8:
+            problems.append(f"input_size_px must be an integer ≥ 8 (got {self.input_size_px!r})")
+        if not isinstance(self.output_dim, int) or self.output_dim < 1:
+            problems.append(f"output_dim must be a positive integer (got {self.output_dim!r})")
+        if len(self.mean) != 3 or not all(math.isfinite(v) for v in self.mean):
+            problems.append(f"mean needs 3 finite values (got {self.mean!r})")
+        if len(self.std) != 3 or not all(math.isfinite(v) and v > 0 for v in self.std):
+            problems.append(f"std needs 3 positive values (got {self.std!r})")
+        if not (isinstance(self.mpp, (int, float)) and math.isfinite(self.mpp) and self.mpp > 0):
+            problems.append(f"mpp must be a positive number of µm/px (got {self.mpp!r})")
+        if self.version > CARD_VERSION:
+            problems.append(f"card version {self.version} is newer than this napari-mil "
+                            f"understands ({CARD_VERSION}); update napari-mil")
+        if problems:
+            raise ExtractorError(f"Invalid extractor card {self.name!r}: " + "; ".join(problems) + ".")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["mean"], data["std"] = list(self.mean), list(self.std)
+        data["kind"] = self.kind.value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ExtractorCard:
+        if not isinstance(data, dict):
+            raise ExtractorError(f"An extractor card must be a JSON object, got {type(data).__name__}.")
+        missing = [k for k in ("name", "input_size_px", "output_dim") if k not in data]
+        if missing:
+            raise ExtractorError(
+                f"Extractor card lacks {', '.join(missing)}: a card needs at least name, "
+                "input_size_px and output_dim (and usually mean, std, mpp)."
+            )
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ExtractorError(f"Extractor card has unknown fields {unknown}; known: {sorted(known)}.")
+        kw = dict(data)
+        try:
+            for key in ("input_size_px", "output_dim", "version"):
+                if key in kw:
+                    value = kw[key]
+                    if isinstance(value, bool) or float(value) != int(value):
+                        raise ValueError(f"{key} must be an integer")
+                    kw[key] = int(value)
+            if "mpp" in kw:
+                kw["mpp"] = float(kw["mpp"])
+            return cls(**kw)
+        except (TypeError, ValueError) as exc:
+            raise ExtractorError(f"Invalid extractor card {data.get('name')!r}: {exc}.") from exc
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ExtractorCard:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ExtractorError(f"Extractor card is not valid JSON: {exc}.") from exc
+        return cls.from_dict(data)
+
+    @property
+    def hash(self) -> str:
+        """Short fingerprint of everything that changes the features (not the description)."""
+        data = self.to_dict()
+        data.pop("description", None)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+    def replace(self, **changes: Any) -> ExtractorCard:
+        data = self.to_dict()
+        data.update(changes)
+        return ExtractorCard.from_dict(data)
+
+
+def card_sidecar_path(model_path: PathLike) -> Path:
+    """``model.pt2`` → ``model.pt2.json``."""
+    path = Path(model_path)
+    return path.with_name(path.name + ".json")
+
+
+def read_card_json(path: PathLike) -> ExtractorCard:
+    """Read a card JSON file; a missing or malformed file is an :class:`ExtractorError`."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ExtractorError(
+            f"No extractor card at {path}: write one (JSON with name, input_size_px, output_dim, "
+            "mean, std, mpp) or pass card=... ."
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ExtractorError(f"Cannot read extractor card {path}: {exc}.") from exc
+    try:
+        return ExtractorCard.from_json(text)
+    except ExtractorError as exc:
+        raise ExtractorError(f"{path}: {exc}") from exc

@@ -1,0 +1,1 @@
+"""Running a model over a slide: the ``run_slide`` generator and ``SlideResult``."""

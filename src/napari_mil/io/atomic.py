@@ -1,0 +1,95 @@
+"""Atomic file writes: write beside the target, then rename over it in one step.
+
+A failed or interrupted write never leaves a half-written file, and an existing file is
+never replaced unless ``overwrite=True``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from .._types import PathLike
+from ..errors import ExportError
+
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "check_writable"]
+
+
+def check_writable(path: PathLike, *, overwrite: bool = False) -> Path:
+    """Return ``path`` as a Path; refuse an existing target unless ``overwrite``."""
+    target = Path(path)
+    if target.exists() and not overwrite:
+        raise ExportError(
+            f"{target} already exists: choose another name or pass overwrite=True (--overwrite)."
+        )
+    parent = target.parent
+    if not parent.exists():
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ExportError(f"Cannot create folder {parent}: {exc.strerror or exc}.") from exc
+    return target
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike, *, overwrite: bool = False, is_dir: bool = False) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it replaces ``path`` atomically.
+
+    On any exception the temporary file (or folder) is removed and ``path`` is untouched.
+    """
+    target = check_writable(path, overwrite=overwrite)
+    try:
+        if is_dir:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+        else:
+            fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+            os.close(fd)
+            tmp = Path(name)
+    except OSError as exc:
+        raise ExportError(
+            f"Cannot write in {target.parent}: {exc.strerror or exc}. Choose a writable folder."
+        ) from exc
+    try:
+        yield tmp
+        if is_dir:
+            if target.exists():
+                if not overwrite:
+                    raise ExportError(f"{target} appeared while writing; nothing was replaced.")
+                old = target.with_name(f".{target.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(target, old)
+                os.replace(tmp, target)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, target)
+        else:
+            if target.exists() and not overwrite:
+                raise ExportError(f"{target} appeared while writing; nothing was replaced.")
+            os.replace(tmp, target)
+    except BaseException as exc:
+        if is_dir:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        if isinstance(exc, OSError):
+            raise ExportError(
+                f"Writing {target} failed ({exc.strerror or exc}); the previous file is unchanged."
+            ) from exc
+        raise
+
+
+def atomic_write_bytes(path: PathLike, data: bytes, *, overwrite: bool = False) -> Path:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def atomic_write_text(path: PathLike, text: str, *, overwrite: bool = False) -> Path:
+    """Write UTF-8 ``text`` to ``path`` atomically."""
+    return atomic_write_bytes(path, text.encode("utf-8"), overwrite=overwrite)

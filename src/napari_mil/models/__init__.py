@@ -1,0 +1,1 @@
+"""MIL architectures with one output contract, model cards, checkpoints and a registry."""

@@ -1,0 +1,1 @@
+"""Tissue detection, tile grids per magnification, parent/child links, context windows."""

@@ -1,0 +1,1 @@
+"""Bag datasets, one trainer for every model, method-specific schemes."""
