@@ -1,0 +1,239 @@
+"""``SlideResult``: everything one model run produced for one slide, saved without pickle.
+
+A result holds, per scale, the tile coordinates (level-0 px, top-left) and what the model said
+about each tile, plus the slide-level probabilities and the provenance needed to trust it later
+(slide content hash, model card, extractor card, settings). ``save`` writes one ``.npz`` file
+(arrays + a JSON header; loaded with ``allow_pickle=False``) atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import __version__
+from .._types import PathLike
+from ..config import ScaleSpec
+from ..errors import ResultError
+from ..io.atomic import atomic_path
+
+__all__ = ["ScaleMap", "SlideResult", "load_result", "RESULT_FORMAT_VERSION"]
+
+RESULT_FORMAT_VERSION = 1
+_META_KEY = "__meta__"
+
+
+@dataclass(frozen=True)
+class ScaleMap:
+    """Per-tile values at one magnification.
+
+    ``instance_scores``: (N,) probability-like evidence for the explained class, or (N, C) one
+    column per class; ``attention``: (N,) weights normalised over the bag; ``extras`` holds
+    model-specific per-tile arrays (CS-MIL ``scale_weights`` (N, S), ZoomMIL ``zoomed`` (N,)).
+    """
+
+    scale: ScaleSpec
+    coords_xy: np.ndarray  # (N, 2) int64, level-0 px, top-left
+    tile_size_level0: float
+    instance_scores: np.ndarray | None = None  # (N,) or (N, C)
+    attention: np.ndarray | None = None  # (N,)
+    extras: Mapping[str, np.ndarray] = field(default_factory=dict)
+    #: the features the model read, (N, D) or (N, S, D); kept for what-if re-scoring and only
+    #: saved when asked (``save(..., include_features=True)``)
+    features: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        coords = np.asarray(self.coords_xy, dtype=np.int64).reshape(-1, 2)
+        object.__setattr__(self, "coords_xy", coords)
+        n = len(coords)
+        for name in ("instance_scores", "attention"):
+            value = getattr(self, name)
+            if value is not None:
+                arr = np.asarray(value, dtype=np.float32)
+                if arr.shape[0] != n:
+                    raise ResultError(f"{self.scale.name}: {name} has {arr.shape[0]} rows for {n} tiles.")
+                object.__setattr__(self, name, arr)
+        extras = {k: np.asarray(v) for k, v in dict(self.extras).items()}
+        for key, arr in extras.items():
+            if arr.shape[:1] != (n,):
+                raise ResultError(f"{self.scale.name}: extra {key!r} has {arr.shape[0]} rows for {n} tiles.")
+        object.__setattr__(self, "extras", extras)
+        if self.features is not None and len(self.features) != n:
+            raise ResultError(f"{self.scale.name}: features have {len(self.features)} rows for {n} tiles.")
+
+    def __len__(self) -> int:
+        return len(self.coords_xy)
+
+    @property
+    def name(self) -> str:
+        return self.scale.name
+
+    def scores_for(self, class_index: int | None = None) -> np.ndarray | None:
+        """Instance scores as (N,): the given class column, or the explained class."""
+        s = self.instance_scores
+        if s is None or s.ndim == 1:
+            return s
+        return s[:, -1 if class_index is None else class_index]
+
+
+@dataclass(frozen=True)
+class SlideResult:
+    """What one model run produced for one slide (see module docstring)."""
+
+    slide_name: str
+    slide_path: str
+    slide_hash: str
+    slide_mpp: float
+    slide_dimensions: tuple[int, int]  # (width, height) level 0
+    class_names: tuple[str, ...]
+    probabilities: np.ndarray  # (C,)
+    scales: Mapping[str, ScaleMap]
+    model_card: Mapping[str, Any] = field(default_factory=dict)
+    extractor_card: Mapping[str, Any] = field(default_factory=dict)
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    reviews: Mapping[str, str] = field(default_factory=dict)  # "scale:index" -> agree|disagree
+    elapsed_s: float = 0.0
+    created_utc: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    complete: bool = True
+
+    def __post_init__(self) -> None:
+        probs = np.asarray(self.probabilities, dtype=np.float32).reshape(-1)
+        object.__setattr__(self, "probabilities", probs)
+        object.__setattr__(self, "class_names", tuple(self.class_names))
+        object.__setattr__(self, "slide_dimensions", tuple(int(v) for v in self.slide_dimensions))
+        if len(self.class_names) and len(probs) != len(self.class_names):
+            raise ResultError(
+                f"{len(probs)} probabilities for {len(self.class_names)} classes {self.class_names}."
+            )
+
+    # -- reading -------------------------------------------------------------------------
+    @property
+    def predicted_class(self) -> str:
+        if not len(self.probabilities):
+            return ""
+        idx = int(np.argmax(self.probabilities))
+        return self.class_names[idx] if idx < len(self.class_names) else str(idx)
+
+    @property
+    def finest_scale(self) -> ScaleMap:
+        return min(self.scales.values(), key=lambda s: s.scale.mpp)
+
+    def with_reviews(self, reviews: Mapping[str, str]) -> SlideResult:
+        """A copy with the pathologist's agree/disagree marks replaced."""
+        bad = {v for v in reviews.values() if v not in ("agree", "disagree")}
+        if bad:
+            raise ResultError(f"Review marks must be 'agree' or 'disagree', got {sorted(bad)}.")
+        return replace(self, reviews=dict(reviews))
+
+    def check_slide(self, slide) -> None:
+        """Raise ResultError unless ``slide`` is the slide this result was computed on."""
+        if slide.content_hash != self.slide_hash:
+            raise ResultError(
+                f"This result belongs to slide {self.slide_name!r} (hash {self.slide_hash[:12]}…), "
+                f"not to {slide.name!r} (hash {slide.content_hash[:12]}…). Open the matching slide."
+            )
+
+    # -- saving ----------------------------------------------------------------------------
+    def _meta(self) -> dict:
+        return {
+            "format": "napari-mil.SlideResult",
+            "format_version": RESULT_FORMAT_VERSION,
+            "napari_mil_version": __version__,
+            "slide": {"name": self.slide_name, "path": self.slide_path, "hash": self.slide_hash,
+                      "mpp": self.slide_mpp, "dimensions": list(self.slide_dimensions)},
+            "class_names": list(self.class_names),
+            "model_card": dict(self.model_card),
+            "extractor_card": dict(self.extractor_card),
+            "settings": dict(self.settings),
+            "reviews": dict(self.reviews),
+            "elapsed_s": self.elapsed_s,
+            "created_utc": self.created_utc,
+            "complete": self.complete,
+            "scales": {
+                name: {"scale": sm.scale.to_dict(), "tile_size_level0": sm.tile_size_level0,
+                       "extras": sorted(sm.extras)}
+                for name, sm in self.scales.items()
+            },
+        }
+
+    def save(self, path: PathLike, *, overwrite: bool = False, include_features: bool = False) -> Path:
+        """Write the result as one ``.npz`` file, atomically; returns the path."""
+        arrays: dict[str, np.ndarray] = {
+            _META_KEY: np.frombuffer(json.dumps(self._meta(), default=_json_default).encode(), np.uint8),
+            "probabilities": self.probabilities,
+        }
+        for i, (_name, sm) in enumerate(self.scales.items()):
+            arrays[f"s{i}/coords_xy"] = sm.coords_xy
+            if sm.instance_scores is not None:
+                arrays[f"s{i}/instance_scores"] = sm.instance_scores
+            if sm.attention is not None:
+                arrays[f"s{i}/attention"] = sm.attention
+            for key, value in sm.extras.items():
+                arrays[f"s{i}/extra/{key}"] = value
+            if include_features and sm.features is not None:
+                arrays[f"s{i}/features"] = np.asarray(sm.features, dtype=np.float32)
+        target = Path(path)
+        with atomic_path(target, overwrite=overwrite) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez_compressed(fh, **arrays)
+        return target
+
+
+def _json_default(obj):
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def load_result(path: PathLike) -> SlideResult:
+    """Read a result written by :meth:`SlideResult.save` (never unpickles)."""
+    path = Path(path)
+    if not path.exists():
+        raise ResultError(f"No result file at {path}.")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise ResultError(f"{path} is not a readable napari-mil result ({exc}); re-run the analysis.") from exc
+    try:
+        meta = json.loads(arrays.pop(_META_KEY).tobytes().decode())
+        if meta.get("format") != "napari-mil.SlideResult":
+            raise ResultError(f"{path} is not a napari-mil result file.")
+        if int(meta["format_version"]) > RESULT_FORMAT_VERSION:
+            raise ResultError(f"{path} was written by a newer napari-mil; upgrade to read it.")
+        scales = {}
+        for i, (name, info) in enumerate(meta["scales"].items()):
+            scales[name] = ScaleMap(
+                scale=ScaleSpec.from_dict(info["scale"]),
+                coords_xy=arrays[f"s{i}/coords_xy"],
+                tile_size_level0=float(info["tile_size_level0"]),
+                instance_scores=arrays.get(f"s{i}/instance_scores"),
+                attention=arrays.get(f"s{i}/attention"),
+                extras={k: arrays[f"s{i}/extra/{k}"] for k in info["extras"]},
+                features=arrays.get(f"s{i}/features"),
+            )
+        slide = meta["slide"]
+        return SlideResult(
+            slide_name=slide["name"], slide_path=slide["path"], slide_hash=slide["hash"],
+            slide_mpp=float(slide["mpp"]), slide_dimensions=tuple(slide["dimensions"]),
+            class_names=tuple(meta["class_names"]), probabilities=arrays["probabilities"],
+            scales=scales, model_card=meta["model_card"], extractor_card=meta["extractor_card"],
+            settings=meta["settings"], reviews=meta.get("reviews", {}),
+            elapsed_s=float(meta.get("elapsed_s", 0.0)), created_utc=meta.get("created_utc", ""),
+            complete=bool(meta.get("complete", True)),
+        )
+    except ResultError:
+        raise
+    except (KeyError, TypeError, ValueError, UnicodeDecodeError) as exc:
+        raise ResultError(f"{path} is damaged or incomplete (missing {exc}); re-run the analysis.") from exc
