@@ -93,3 +93,12 @@ def test_features_are_saved_only_when_asked(tmp_path):
     assert load_result(res.save(tmp_path / "a.npz")).scales["20x"].features is None
     back = load_result(res.save(tmp_path / "b.npz", include_features=True))
     np.testing.assert_array_equal(back.scales["20x"].features, feats)
+
+
+def test_tile_values_expose_every_layer_at_every_scale():
+    res = _result(12)
+    maps = {(m.name, m.scale): m for m in res.tile_values()}
+    assert set(maps) == {("instance_scores", "20x"), ("attention", "20x"), ("attention", "5x")}
+    tv = maps[("attention", "20x")]
+    assert tv.tile_size == 512 and tv.mpp == 0.25
+    np.testing.assert_allclose(tv.values, res.scales["20x"].attention, rtol=1e-6)

@@ -125,6 +125,23 @@ class SlideResult:
     def finest_scale(self) -> ScaleMap:
         return min(self.scales.values(), key=lambda s: s.scale.mpp)
 
+    def tile_values(self, class_index: int | None = None) -> list:
+        """Every value layer as :class:`~napari_mil.io.tile_maps.TileValues` (for the
+        agreement metrics and the exports): instance scores and attention at each scale."""
+        from ..io.tile_maps import TileKind, TileValues
+
+        maps = []
+        for name, sm in self.scales.items():
+            size = int(round(sm.tile_size_level0))
+            scores = sm.scores_for(class_index)
+            if scores is not None:
+                maps.append(TileValues(sm.coords_xy, size, scores, "instance_scores", name,
+                                       self.slide_mpp, TileKind.INSTANCE_SCORE))
+            if sm.attention is not None:
+                maps.append(TileValues(sm.coords_xy, size, sm.attention, "attention", name,
+                                       self.slide_mpp, TileKind.ATTENTION))
+        return maps
+
     def with_reviews(self, reviews: Mapping[str, str]) -> SlideResult:
         """A copy with the pathologist's agree/disagree marks replaced."""
         bad = {v for v in reviews.values() if v not in ("agree", "disagree")}

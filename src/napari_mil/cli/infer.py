@@ -1,0 +1,59 @@
+"""``napari-mil infer``: a checkpoint over many slides on dask.distributed (see napari_mil.batch)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..config import Device
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "infer", help="run a checkpoint over slides (local or dask.distributed cluster)",
+        description="Analyse every slide with one checkpoint; one dask task per slide. Writes "
+                    "OUT/<slide>/{result.npz,tiles.csv,tiles.geojson,heatmap.ome.tif} and "
+                    "OUT/summary.csv. A rerun skips slides whose outputs are complete.")
+    p.add_argument("slides", nargs="+", help="slide files, folders or glob patterns")
+    p.add_argument("--checkpoint", "-c", required=True, type=Path, help="model .safetensors")
+    p.add_argument("--out", "-o", required=True, type=Path, help="output folder")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", help="address of a running dask scheduler (tcp://host:8786)")
+    where.add_argument("--workers", type=int, default=1,
+                       help="worker processes of a local cluster (default 1; one per GPU when present)")
+    p.add_argument("--device", default=Device.AUTO, choices=[d.value for d in Device])
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--min-tissue", type=float, default=0.25, help="tissue fraction a tile needs")
+    p.add_argument("--overwrite", action="store_true", help="recompute slides that are complete")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ..batch import SlideStatus, expand_slides, run_cohort
+    from ..models.checkpoint import read_checkpoint_card
+
+    slides = expand_slides(args.slides)
+    read_checkpoint_card(args.checkpoint)  # fail fast on a bad checkpoint, before any worker starts
+    settings = {"device": args.device, "batch_size": args.batch_size, "min_tissue": args.min_tissue,
+                "num_workers": 2}
+    bar = tqdm(total=len(slides), unit="slide", desc="cohort", file=sys.stderr)
+
+    def show(outcome) -> None:
+        bar.update(1)
+        if outcome.status is SlideStatus.FAILED:
+            tqdm.write(f"failed: {outcome.slide}: {outcome.error}", file=sys.stderr)
+
+    try:
+        outcomes = run_cohort(slides, args.checkpoint, args.out, scheduler=args.scheduler,
+                              workers=args.workers, settings=settings, overwrite=args.overwrite,
+                              on_outcome=show)
+    finally:
+        bar.close()
+    failed = [o for o in outcomes if o.status is SlideStatus.FAILED]
+    ok = len(outcomes) - len(failed)
+    print(f"{ok} of {len(outcomes)} slides done, {len(failed)} failed; summary: {args.out / 'summary.csv'}")
+    return 1 if failed else 0

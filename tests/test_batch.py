@@ -1,0 +1,86 @@
+"""Cohort inference on dask.distributed: bad slides recorded, resumable, scheduler address."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from napari_mil.batch import OUTPUTS, is_complete, run_cohort, slide_key
+from napari_mil.cli.main import main
+from napari_mil.models.checkpoint import make_card, save_model
+from napari_mil.models.registry import create_model
+
+distributed = pytest.importorskip("distributed")
+
+
+@pytest.fixture
+def cohort(tmp_path, make_slide, monkeypatch):
+    torch = pytest.importorskip("torch")
+    monkeypatch.setenv("NAPARI_MIL_CACHE", str(tmp_path / "cache"))
+    slides = [make_slide(f"good{i}.svs", size=(1536, 2048), seed=i) for i in range(3)]
+    bad = tmp_path / "broken.svs"
+    bad.write_bytes(slides[0].read_bytes()[:5000])  # a truncated TIFF
+    torch.manual_seed(0)
+    model = create_model("abmil", in_dim=128)
+    ckpt = save_model(model, make_card(model, extractor="cnn"), tmp_path / "abmil.safetensors")
+    return tmp_path, slides, bad, ckpt
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                  dashboard_address=":0") as lc:
+        yield lc
+
+
+def _summary(out):
+    with open(out / "summary.csv", newline="") as fh:
+        return {row["slide"].rsplit("/", 1)[-1]: row for row in csv.DictReader(fh)}
+
+
+def test_corrupt_slide_is_reported_and_rerun_recomputes_only_what_is_missing(cohort, cluster):
+    tmp_path, slides, bad, ckpt = cohort
+    out = tmp_path / "out"
+    args = ["infer", str(tmp_path / "*.svs"), "-c", str(ckpt), "-o", str(out),
+            "--scheduler", cluster.scheduler_address, "--device", "cpu", "--batch-size", "16"]
+    assert main(args) == 1  # one slide failed
+    rows = _summary(out)
+    assert rows["broken.svs"]["status"] == "failed" and rows["broken.svs"]["error"]
+    for s in slides:
+        d = out / slide_key(s)
+        assert is_complete(d), f"{s.name} outputs incomplete"
+        assert all((d / name).stat().st_size > 0 for name in OUTPUTS)
+        assert rows[s.name]["status"] == "ok"
+        p_neg, p_pos = float(rows[s.name]["p_negative"]), float(rows[s.name]["p_positive"])
+        assert p_neg + p_pos == pytest.approx(1.0, abs=1e-4)
+        assert rows[s.name]["predicted_class"] in ("negative", "positive")
+    stamps = {s.name: (out / slide_key(s) / "result.npz").stat().st_mtime_ns for s in slides}
+    (out / slide_key(slides[1]) / "tiles.csv").unlink()  # lose one output of one slide
+    assert main(args) == 1  # the broken slide still fails
+    rows = _summary(out)
+    assert rows[slides[0].name]["status"] == "skipped" and rows[slides[2].name]["status"] == "skipped"
+    assert rows[slides[1].name]["status"] == "ok"
+    for s in (slides[0], slides[2]):
+        assert (out / slide_key(s) / "result.npz").stat().st_mtime_ns == stamps[s.name]
+    assert (out / slide_key(slides[1]) / "result.npz").stat().st_mtime_ns != stamps[slides[1].name]
+    assert is_complete(out / slide_key(slides[1]))
+
+
+def test_done_marker_lists_every_output_with_its_size(cohort, cluster):
+    tmp_path, slides, _bad, ckpt = cohort
+    out = tmp_path / "out2"
+    with distributed.Client(cluster.scheduler_address) as client:
+        outcomes = run_cohort(slides[:1], ckpt, out, client=client, settings={"device": "cpu"})
+    assert [o.status for o in outcomes] == ["ok"]
+    done = json.loads((out / slide_key(slides[0]) / "done.json").read_text())
+    assert set(done["files"]) == set(OUTPUTS)
+    (out / slide_key(slides[0]) / "heatmap.ome.tif").write_bytes(b"truncated")
+    assert not is_complete(out / slide_key(slides[0]))
+
+
+def test_no_matching_slides_is_a_usage_error(tmp_path, capsys):
+    assert main(["infer", str(tmp_path / "*.svs"), "-c", str(tmp_path / "m.safetensors"),
+                 "-o", str(tmp_path / "out")]) == 2
+    assert "No slides match" in capsys.readouterr().err
