@@ -80,16 +80,23 @@ def test_viewport_tiles_come_first(tmp_path, make_slide):
 def test_closing_mid_run_stops_reader_threads(tmp_path, make_slide):
     slide = open_slide(make_slide("s.svs", size=(2048, 3072)))
     model = _model(tmp_path, "abmil")
-    before = threading.active_count()
+    before = {t.name for t in threading.enumerate()}
+    own_pool = f"decode-{slide.path.stem}"  # the slide's decoder pool lives until slide.close()
     gen = run_slide(slide, model, settings=_settings(tmp_path, use_cache=False))
     for prog in gen:
         if prog.stage is RunStage.FEATURES:
             break
     gen.close()
-    for t in threading.enumerate():
-        if t is not threading.main_thread() and t.name.startswith(("napari-mil", "ThreadPool")):
-            t.join(timeout=5)
-    assert threading.active_count() <= before
+    leaked = [t for t in threading.enumerate()
+              if t.name not in before and not t.name.startswith(own_pool)]
+    for t in leaked:
+        t.join(timeout=5)
+    assert not [t.name for t in leaked if t.is_alive()]
+    slide.close()
+    pool = [t for t in threading.enumerate() if t.name.startswith(own_pool)]
+    for t in pool:
+        t.join(timeout=5)
+    assert not [t.name for t in pool if t.is_alive()]
 
 
 def test_cached_features_make_the_second_run_reuse_them(tmp_path, make_slide):

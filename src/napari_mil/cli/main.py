@@ -18,7 +18,15 @@ from ..errors import NapariMilError
 #: verb -> module (imported lazily, so ``napari-mil info`` never imports torch)
 VERBS: dict[str, str] = {
     "info": "napari_mil.cli.info",
+    "sample": "napari_mil.cli.sample",
+    "train": "napari_mil.cli.train",
     "demo": "napari_mil.cli.demo",
+    "infer": "napari_mil.cli.infer",
+    "view": "napari_mil.cli.view",
+    "compare": "napari_mil.cli.compare",
+    "export": "napari_mil.cli.export",
+    "extract": "napari_mil.cli.extract",
+    "train-extractor": "napari_mil.cli.train_extractor",
 }
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2

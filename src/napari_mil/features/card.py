@@ -91,7 +91,8 @@ class ExtractorCard:
             problems.append(f"card version {self.version} is newer than this napari-mil "
                             f"understands ({CARD_VERSION}); update napari-mil")
         if problems:
-            raise ExtractorError(f"Invalid extractor card {self.name!r}: " + "; ".join(problems) + ".")
+            raise ExtractorError(
+                f"Invalid extractor card {self.name!r}: " + "; ".join(problems) + ".")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -103,7 +104,8 @@ class ExtractorCard:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ExtractorCard:
         if not isinstance(data, dict):
-            raise ExtractorError(f"An extractor card must be a JSON object, got {type(data).__name__}.")
+            raise ExtractorError(
+                f"An extractor card must be a JSON object, got {type(data).__name__}.")
         missing = [k for k in ("name", "input_size_px", "output_dim") if k not in data]
         if missing:
             raise ExtractorError(
@@ -113,7 +115,8 @@ class ExtractorCard:
         known = {f for f in cls.__dataclass_fields__}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ExtractorError(f"Extractor card has unknown fields {unknown}; known: {sorted(known)}.")
+            raise ExtractorError(
+                f"Extractor card has unknown fields {unknown}; known: {sorted(known)}.")
         kw = dict(data)
         try:
             for key in ("input_size_px", "output_dim", "version"):

@@ -139,12 +139,10 @@ def _check_extractor(model, extractor) -> None:
     check_features(model.card, extractor.card, extractor.card.output_dim)
 
 
-def _partial_scores(model, feats: np.ndarray, device) -> np.ndarray:
+def _partial_scores(model, feats: np.ndarray, device, coords_xy: np.ndarray | None = None
+                    ) -> np.ndarray:
     """Instance evidence for a partial bag: instance scores, else attention rescaled to [0, 1]."""
-    import torch
-
-    with torch.inference_mode():
-        out = model(torch.from_numpy(feats)[None].to(device))
+    out = _forward_bag(model, feats, device, coords_xy)
     if out.instance_scores is not None:
         return out.instance_scores[0].float().cpu().numpy()
     att = next(iter(out.attention.values()))[0].float().cpu().numpy() if out.attention else None
@@ -198,7 +196,7 @@ def _embed_with_partials(slide, model, grid, extractor, settings: RunSettings, d
             if now - last >= settings.partial_interval_s or prog.done == n:
                 last = now
                 idx = np.flatnonzero(have)
-                scores = _partial_scores(model, feats[idx], device)
+                scores = _partial_scores(model, feats[idx], device, grid.coords_xy[idx])
                 partial = ScaleMap(grid.spec.scale, grid.coords_xy[idx], grid.tile_size_level0,
                                    instance_scores=scores)
             yield RunProgress(RunStage.FEATURES, prog.done, n, rate, eta,
@@ -207,11 +205,17 @@ def _embed_with_partials(slide, model, grid, extractor, settings: RunSettings, d
         gen.close()
 
 
-def _forward_bag(model, x, device):
+def _forward_bag(model, x, device, coords_xy: np.ndarray | None = None):
+    """One bag through the model; tile coordinates go along when the model uses them."""
     import torch
 
+    from ..models.registry import accepts_coords
+
+    kwargs = {}
+    if coords_xy is not None and accepts_coords(model):
+        kwargs["coords"] = torch.as_tensor(coords_xy, dtype=torch.float32)[None].to(device)  # (1, N, 2)
     with torch.inference_mode():
-        return model(torch.as_tensor(x)[None].to(device))
+        return model(torch.as_tensor(x)[None].to(device), **kwargs)
 
 
 def _probabilities(out) -> np.ndarray:
@@ -242,7 +246,7 @@ def _run_bag(slide, model, tissue, extractor, features, settings, device):
         coords, tile_size, feats = grid.coords_xy, grid.tile_size_level0, fs.features
         extractor_card = extractor.card.to_dict()
     yield RunProgress(RunStage.MODEL, 0, 1, message=f"Running {model.card.architecture} on {len(feats)} tiles")
-    out = _forward_bag(model, feats, device)
+    out = _forward_bag(model, feats, device, coords)
     scores = None if out.instance_scores is None else _np(out.instance_scores[0])
     att = out.attention.get(scale.name)
     if att is None and out.attention:
@@ -359,7 +363,7 @@ def model_probe(model):
     """A single-scale view of a pyramid model for partial scores (its coarsest attention)."""
 
     class _Probe:
-        def __call__(self, x):
+        def forward(self, x):
             import torch
 
             from ..models.output import MILOutput
@@ -368,6 +372,8 @@ def model_probe(model):
             m = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
             _scores, att, _rep = model._attend(0, x, m)
             return MILOutput(logits=x.new_zeros(1, 1), attention={s0: att})
+
+        __call__ = forward
 
     return _Probe()
 

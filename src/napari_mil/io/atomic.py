@@ -19,6 +19,16 @@ from ..errors import ExportError
 __all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "check_writable"]
 
 
+def _default_mode(target: Path, is_dir: bool) -> int:
+    """The mode a plain ``open()``/``mkdir()`` would give, or the replaced file's mode."""
+    try:
+        return target.stat().st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return (0o777 if is_dir else 0o666) & ~umask
+
+
 def check_writable(path: PathLike, *, overwrite: bool = False) -> Path:
     """Return ``path`` as a Path; refuse an existing target unless ``overwrite``."""
     target = Path(path)
@@ -55,6 +65,7 @@ def atomic_path(path: PathLike, *, overwrite: bool = False, is_dir: bool = False
         ) from exc
     try:
         yield tmp
+        os.chmod(tmp, _default_mode(target, is_dir))  # mkstemp/mkdtemp create private files
         if is_dir:
             if target.exists():
                 if not overwrite:

@@ -97,7 +97,9 @@ def read_slide_info(properties: Mapping[str, Any], tiff_page=None) -> SlideInfo:
     vendor = str(vendor) if vendor else None
     mag = _as_float(properties.get("tiffslide.objective-power")
                     or properties.get("openslide.objective-power"))
-    source = (vendor or "properties") if mpp_x else None
+    source = None
+    if mpp_x:
+        source = vendor if vendor and vendor != "generic" else "tiff-resolution"
 
     description = str(properties.get("tiff.ImageDescription") or "")
     if "<OME" in description[:2000] or "www.openmicroscopy.org" in description[:2000]:

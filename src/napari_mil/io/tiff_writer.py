@@ -110,6 +110,7 @@ def write_pyramidal_tiff(
     dtype=np.uint8,
     associated: Mapping[str, np.ndarray] | None = None,
     overwrite: bool = False,
+    resolution_tags: bool | None = None,
 ) -> None:
     """Write a tiled pyramid atomically.
 
@@ -117,7 +118,9 @@ def write_pyramidal_tiff(
     level 0 (taken from the array when one is given). ``downsamples`` defaults to powers of 4
     down to ~512 px; ``[1]`` writes a single-level slide. ``associated`` images (``thumbnail``,
     ``label``, ``macro``) are written the way the style expects them. ``mpp=None`` writes no
-    pixel size at all (for testing slides that lack one).
+    pixel size at all (for testing slides that lack one). ``resolution_tags`` also writes the
+    TIFF X/YResolution tags for OME-TIFF (default: all styles but OME), so that readers that
+    ignore OME-XML (tiffslide) see the pixel size too.
     """
     import tifffile
 
@@ -152,7 +155,7 @@ def write_pyramidal_tiff(
             photometric=photometric,
             metadata=None,
         )
-        if mpp and style is not TiffStyle.OME:
+        if mpp and (resolution_tags if resolution_tags is not None else style is not TiffStyle.OME):
             px_per_cm = 1e4 / (mpp * lvl.downsample)
             kw.update(resolution=(px_per_cm, px_per_cm), resolutionunit="CENTIMETER")
         return kw

@@ -1,3 +1,13 @@
 """Importing this module registers every architecture the project ships."""
 
 from __future__ import annotations
+
+from . import (  # noqa: F401  (importing registers the architectures)
+    csmil,  # csmil
+    focusmil,  # minet, focusmil
+    icmil,  # icmil
+    torchmil_adapters,  # abmil, gated_abmil, clam_sb, dsmil, smabmil
+    torchmil_adapters_dtfd,  # dtfd_mil
+    torchmil_adapters_transmil,  # transmil
+    zoommil,  # zoommil
+)

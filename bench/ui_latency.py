@@ -1,0 +1,278 @@
+"""UI responsiveness of the analysis dock while a full-slide run executes (CPU).
+
+Measures, on a generated slide with lesions and the sample model (``sample_data/model-abmil``
+when present, else a linear probe fitted here on the slide's ``cnn-20x``/``cnn`` features):
+
+- event-loop stall: a 5 ms QTimer probe runs during the whole ``run_slide`` in the dock; a
+  stall is the delay of a tick beyond its interval (max, p95). Baseline: the same probe with
+  the viewer idle for as long. Targets: max < 100 ms, p95 < 20 ms.
+- time to first instance scores in the current view (zoomed into tissue): from Run to the
+  first partial heatmap that holds a tile inside the view. Target < 3 s.
+- what-if re-scoring on 20k tiles (10 % excluded) with the model; baseline: the same model on
+  the full bag. Target < 100 ms.
+
+    python bench/ui_latency.py [--quick]         # prints a table, writes results/ui_latency.json
+
+Needs a display: run under ``xvfb-run -a`` (or QT_QPA_PLATFORM=offscreen).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+PROBE_MS = 5
+
+
+def _slide(root: Path, size: int):
+    from napari_mil.io.synthetic import SyntheticSlideSpec, generate_slide
+
+    return generate_slide(root / "bench_slide.svs", SyntheticSlideSpec(
+        (size, size), seed=5, lesion_type="macro", n_lesions=2, n_tissue_pieces=2))
+
+
+def _sample_model():
+    try:
+        from napari_mil.io.samples import sample_dir
+
+        path = sample_dir() / "model-abmil.safetensors"
+    except Exception:  # noqa: BLE001 - no sample folder: fit a probe instead
+        return None
+    return path if path.is_file() else None
+
+
+def _probe_model(gen, root: Path) -> Path:
+    """A mi-Net whose instance logit is a discriminant of lesion tiles (fitted on this slide)."""
+    import torch
+
+    from napari_mil.config import ScaleSpec
+    from napari_mil.features.extract import extract_features, run_to_end
+    from napari_mil.features.registry import list_extractors
+    from napari_mil.inference.result import ScaleMap
+    from napari_mil.inference.whatif import tiles_in_polygon
+    from napari_mil.io.slide import open_slide
+    from napari_mil.models.card import ModelCard
+    from napari_mil.models.checkpoint import save_model
+    from napari_mil.models.registry import create_model
+    from napari_mil.tiling.grid import GridSpec, make_grid
+    from napari_mil.tiling.tissue import detect_tissue
+
+    extractor = "cnn-20x"
+    try:
+        from napari_mil.features.registry import create_extractor
+
+        create_extractor(extractor, device="cpu")
+    except Exception:  # noqa: BLE001 - shipped weights missing
+        extractor = "cnn" if "cnn" in list_extractors() else extractor
+    scale = ScaleSpec("20x", 0.5, 112)
+    with open_slide(gen.slide_path) as slide:
+        grid = make_grid(slide, GridSpec(scale, 0.25), detect_tissue(slide))
+        fs = run_to_end(extract_features(slide, grid, extractor, device="cpu", cache=False,
+                                         scale=scale))
+    sm = ScaleMap(scale, grid.coords_xy, grid.tile_size_level0)
+    y = np.zeros(len(sm), bool)
+    for poly in gen.lesions:
+        y |= tiles_in_polygon(sm, poly.xy)
+    if not 0 < y.sum() < len(y):
+        raise RuntimeError(f"{y.sum()} of {len(y)} tiles are lesion tiles: use a larger --size.")
+    x = torch.from_numpy(fs.features).double()
+    mu, sd = x.mean(0), x.std(0) + 1e-6
+    xs = (x - mu) / sd
+    yt = torch.from_numpy(y)
+    w = torch.linalg.solve(torch.cov(xs.T) + 0.5 * torch.eye(x.shape[1], dtype=x.dtype),
+                           xs[yt].mean(0) - xs[~yt].mean(0))
+    p1, p0 = (xs[yt] @ w).mean(), (xs[~yt] @ w).mean()
+    gain = 12.0 / (p1 - p0)
+    w_raw, b_raw = gain * w / sd, -gain * ((mu / sd) @ w + (p1 + p0) / 2)
+    dim = x.shape[1]
+    kw = {"in_dim": dim, "hidden_dim": 2, "n_classes": 1, "dropout": 0.0, "layers": 1}
+    model = create_model("minet", **kw)
+    with torch.no_grad():
+        model.encoder[0].weight.copy_(torch.stack([w_raw, -w_raw]).float())
+        model.encoder[0].bias.copy_(torch.stack([b_raw, -b_raw]).float())
+        model.classifier.weight.copy_(torch.tensor([[1.0, -1.0]]))
+        model.classifier.bias.zero_()
+    card = ModelCard("minet", feature_dim=dim, class_names=("negative", "positive"), kwargs=kw,
+                     extractor=extractor, scales=(scale,))
+    return save_model(model, card, root / "probe.safetensors", overwrite=True)
+
+
+def _stalls(ticks: list[float]) -> np.ndarray:
+    gaps = np.diff(np.asarray(ticks)) * 1000.0 - PROBE_MS
+    return np.clip(gaps, 0.0, None)
+
+
+def _probe_loop(duration_s: float | None, until=None) -> list[float]:
+    """Run the Qt event loop with a PROBE_MS timer until ``until`` emits (or for duration_s)."""
+    from qtpy.QtCore import QEventLoop, QTimer
+
+    ticks: list[float] = []
+    timer = QTimer()
+    timer.setInterval(PROBE_MS)
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    loop = QEventLoop()
+    if until is not None:
+        until.connect(loop.quit)
+    if duration_s is not None:
+        QTimer.singleShot(int(duration_s * 1000), loop.quit)
+    timer.start()
+    loop.exec_()
+    timer.stop()
+    return ticks
+
+
+def _view_tissue(viewer, gen, slide_mpp: float) -> None:
+    """Zoom the camera onto a lesion at about 1 screen px per 2 level-0 px."""
+    from napari_mil._widgets.evidence import camera_of
+
+    x0, y0, x1, y1 = gen.lesions[0].bounds
+    cam = camera_of(viewer)
+    cam.center = ((y0 + y1) / 2 * slide_mpp, (x0 + x1) / 2 * slide_mpp)
+    cam.zoom = 0.5 / slide_mpp
+
+
+def measure_run(viewer, dock, gen, cache_dir: Path) -> dict:
+    """One full run in the dock with the stall probe; returns the measurements."""
+    from napari_mil.inference.whatif import tiles_in_rectangle
+
+    slide = dock.current_slide()
+    _view_tissue(viewer, gen, slide.mpp)
+    view = dock.viewport_xywh(slide)
+    dock.settings_overrides = {"device": "cpu", "cache_dir": str(cache_dir), "use_cache": False}
+    first_view: list[float] = []
+    t0 = time.perf_counter()
+
+    def on_yield(p) -> None:
+        if first_view or p.partial is None or view is None:
+            return
+        if tiles_in_rectangle(p.partial, view).any():
+            first_view.append(time.perf_counter() - t0)
+
+    assert dock.run(), dock.last_error
+    worker = dock.worker
+    worker.yielded.connect(on_yield)
+    ticks = _probe_loop(None, until=worker.finished)
+    while dock.is_busy:  # the result's layers are added one per event-loop turn
+        ticks += _probe_loop(0.05)
+    elapsed = time.perf_counter() - t0
+    if dock.last_error:
+        raise RuntimeError(dock.last_error)
+    st = _stalls(ticks)
+    n_tiles = sum(len(s) for s in dock.result.scales.values())
+    return {"run_s": elapsed, "tiles": n_tiles, "stall_max_ms": float(st.max()),
+            "stall_p95_ms": float(np.percentile(st, 95)), "ticks": len(ticks),
+            "first_view_scores_s": first_view[0] if first_view else None,
+            "first_partial_s": dock.first_partial_s}
+
+
+def measure_idle(seconds: float) -> dict:
+    st = _stalls(_probe_loop(seconds))
+    return {"stall_max_ms": float(st.max()), "stall_p95_ms": float(np.percentile(st, 95))}
+
+
+def measure_whatif(model_path: Path, n: int = 20000, reps: int = 15) -> dict:
+    import torch
+
+    from napari_mil.inference.whatif import rescore
+    from napari_mil.models.checkpoint import load_model
+
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    model = load_model(model_path)
+    feats = np.random.default_rng(0).normal(size=(n, model.card.feature_dim)).astype(np.float32)
+    keep = np.ones(n, bool)
+    keep[: n // 10] = False
+    timings = {"whatif_ms": [], "full_forward_ms": []}
+    for _ in range(3):
+        rescore(model, feats, keep)
+    for _ in range(reps):
+        t = time.perf_counter()
+        rescore(model, feats, keep)
+        timings["whatif_ms"].append((time.perf_counter() - t) * 1000)
+        t = time.perf_counter()
+        with torch.inference_mode():
+            model(torch.from_numpy(feats)[None])
+        timings["full_forward_ms"].append((time.perf_counter() - t) * 1000)
+    return {k: statistics.median(v) for k, v in timings.items()} | {
+        "n_tiles": n, "feature_dim": model.card.feature_dim, "architecture": model.card.architecture}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small slide, 2 runs (a smoke test)")
+    ap.add_argument("--size", type=int, default=None, help="slide side in px (0.25 µm/px)")
+    ap.add_argument("--runs", type=int, default=None)
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "ui_latency.json")
+    args = ap.parse_args(argv)
+    size = args.size or (2048 if args.quick else 8192)
+    runs = args.runs or (2 if args.quick else 3)
+
+    import napari
+
+    from napari_mil._widgets.analysis_dock import AnalysisDock
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        gen = _slide(root, size)
+        model_path = _sample_model() or _probe_model(gen, root)
+        viewer = napari.Viewer(show=True)
+        viewer.open(str(gen.slide_path), plugin="napari-mil")
+        dock = AnalysisDock(viewer)
+        viewer.window.add_dock_widget(dock, name="napari-mil")
+        if not dock.load_checkpoint(model_path):
+            raise RuntimeError(dock.last_error)
+        per_run = []
+        for i in range(runs):  # run 1 creates the layers, later runs update them in place
+            per_run.append(measure_run(viewer, dock, gen, root / f"cache{i}"))
+        idle = measure_idle(min(max(per_run[0]["run_s"], 2.0), 10.0))
+        whatif = measure_whatif(model_path, reps=5 if args.quick else 15)
+        viewer.close()
+
+    def med(key):
+        vals = [r[key] for r in per_run if r[key] is not None]
+        return statistics.median(vals) if vals else None
+
+    summary = {
+        "stall_max_ms": med("stall_max_ms"), "stall_p95_ms": med("stall_p95_ms"),
+        "idle_stall_max_ms": idle["stall_max_ms"], "idle_stall_p95_ms": idle["stall_p95_ms"],
+        "first_view_scores_s": med("first_view_scores_s"), "run_s": med("run_s"),
+        "tiles": per_run[0]["tiles"], **whatif,
+    }
+    summary["stall_p95_ratio_vs_idle"] = summary["stall_p95_ms"] / max(idle["stall_p95_ms"], 0.1)
+    summary["whatif_ratio_vs_full_forward"] = whatif["whatif_ms"] / max(whatif["full_forward_ms"], 1e-6)
+    targets = {"stall_max_ms": 100.0, "stall_p95_ms": 20.0, "first_view_scores_s": 3.0,
+               "whatif_ms": 100.0}
+    rows = [("metric", "value", "target", "ok")]
+    for key, target in targets.items():
+        v = summary[key]
+        rows.append((key, "n/a" if v is None else f"{v:.2f}", f"< {target:g}",
+                     "n/a" if v is None else ("yes" if v < target else "NO")))
+    for key in ("idle_stall_max_ms", "idle_stall_p95_ms", "stall_p95_ratio_vs_idle", "run_s",
+                "tiles", "full_forward_ms", "whatif_ratio_vs_full_forward"):
+        rows.append((key, f"{summary[key]:.2f}" if isinstance(summary[key], float) else str(summary[key]), "", ""))
+    widths = [max(len(str(r[i])) for r in rows) for i in range(4)]
+    for r in rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"bench": "ui_latency", "quick": args.quick, "slide_px": size, "runs": runs,
+               "model": str(model_path.name), "python": sys.version.split()[0],
+               "machine": platform.platform(), "cpu_count": os.cpu_count(),
+               "summary": summary, "targets": targets, "per_run": per_run, "idle": idle}
+    from napari_mil.io.atomic import atomic_write_text
+
+    atomic_write_text(args.out, json.dumps(payload, indent=2, default=float), overwrite=True)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

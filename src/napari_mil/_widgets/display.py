@@ -1,0 +1,105 @@
+"""Small display widgets of the dock: class probabilities and a colour-bar legend."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from qtpy.QtCore import Qt
+from qtpy.QtGui import QImage, QPixmap
+from qtpy.QtWidgets import QGridLayout, QHBoxLayout, QLabel, QProgressBar, QVBoxLayout, QWidget
+
+__all__ = ["ProbabilityView", "ColorBar", "colormap_rgba"]
+
+
+def colormap_rgba(name: str, n: int = 256) -> np.ndarray:
+    """(n, 4) uint8 colours of a napari colormap from 0 to 1."""
+    from napari.utils.colormaps import ensure_colormap
+
+    cmap = ensure_colormap(name)
+    return (np.clip(cmap.map(np.linspace(0.0, 1.0, n)), 0, 1) * 255).astype(np.uint8)
+
+
+class ProbabilityView(QWidget):
+    """The slide-level result: one bar per class, the predicted class in bold."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._grid = QGridLayout(self)
+        self._grid.setContentsMargins(0, 0, 0, 0)
+        self.headline = QLabel("No result yet: choose a slide and a checkpoint, then Run.")
+        self.headline.setWordWrap(True)
+        self._grid.addWidget(self.headline, 0, 0, 1, 2)
+        self._bars: list[tuple[QLabel, QProgressBar]] = []
+
+    def set_probabilities(self, class_names: Sequence[str], probs: np.ndarray | None,
+                          note: str = "") -> None:
+        for label, bar in self._bars:
+            label.deleteLater()
+            bar.deleteLater()
+        self._bars = []
+        if probs is None or len(probs) == 0:
+            self.headline.setText(note or "No result yet.")
+            return
+        probs = np.asarray(probs, dtype=float)
+        if not np.isfinite(probs).all():
+            self.headline.setText("The model returned no valid probabilities (NaN): check the "
+                                  "checkpoint and its features.")
+            return
+        best = int(np.argmax(probs))
+        name = class_names[best] if best < len(class_names) else str(best)
+        self.headline.setText(f"<b>{name}</b> ({probs[best]:.1%})" + (f" — {note}" if note else ""))
+        for i, p in enumerate(probs):
+            label = QLabel(class_names[i] if i < len(class_names) else str(i))
+            bar = QProgressBar()
+            bar.setRange(0, 1000)
+            bar.setValue(round(float(p) * 1000))
+            bar.setFormat(f"{p:.1%}")
+            bar.setMaximumHeight(16)
+            self._grid.addWidget(label, i + 1, 0)
+            self._grid.addWidget(bar, i + 1, 1)
+            self._bars.append((label, bar))
+
+    def text(self) -> str:
+        return self.headline.text() + " " + " ".join(
+            f"{lab.text()}={bar.format()}" for lab, bar in self._bars)
+
+
+class ColorBar(QWidget):
+    """A horizontal colour bar with its value range and what the values mean."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        self.bar = QLabel()
+        self.bar.setMinimumHeight(14)
+        self.bar.setScaledContents(True)
+        row = QHBoxLayout()
+        self.low, self.high = QLabel("0"), QLabel("1")
+        self.high.setAlignment(Qt.AlignmentFlag.AlignRight)
+        row.addWidget(self.low)
+        row.addWidget(self.high)
+        self.caption = QLabel("")
+        self.caption.setWordWrap(True)
+        lay.addWidget(self.bar)
+        lay.addLayout(row)
+        lay.addWidget(self.caption)
+        self.colormap = ""
+        self._image: QImage | None = None
+
+    def set_colormap(self, name: str, limits: tuple[float, float] = (0.0, 1.0),
+                     caption: str = "") -> None:
+        rgba = np.ascontiguousarray(np.repeat(colormap_rgba(name)[None], 8, axis=0))  # (8, 256, 4)
+        self._rgba = rgba  # keep the buffer alive for QImage
+        self._image = QImage(rgba.data, rgba.shape[1], rgba.shape[0], rgba.shape[1] * 4,
+                             QImage.Format.Format_RGBA8888)
+        self.bar.setPixmap(QPixmap.fromImage(self._image))
+        self.low.setText(f"{limits[0]:.3g}")
+        self.high.setText(f"{limits[1]:.3g}")
+        self.caption.setText(caption)
+        self.colormap = name
+
+    def colors(self) -> np.ndarray:
+        """(256, 4) uint8 colours shown (for tests)."""
+        return self._rgba[0] if self._image is not None else np.zeros((0, 4), np.uint8)

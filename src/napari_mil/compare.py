@@ -1,0 +1,433 @@
+"""Agreement between a model's tile values (instance scores, attention) and annotations.
+
+Ground truth per tile is its *coverage*: the fraction of the tile's area inside the union of
+the positive classes' polygons (:func:`tile_coverage`). Then, for one tile map:
+
+* **AUROC / AP**: tile values ranked against the labels ``coverage ≥ min_coverage``;
+* **Dice / IoU**: the thresholded map (``normalized value ≥ threshold``) against coverage,
+  area-weighted, so they equal pixel Dice/IoU over the tiled region for non-overlapping tiles;
+* **mass inside**: ``Σ value·coverage / Σ value`` (for attention: the fraction of attention
+  mass inside the annotations);
+* **top-k hit rate**: the fraction of the k highest tiles whose label is positive.
+
+Thresholds apply to *normalised* values: instance scores are used as they are (probabilities),
+attention is min–max scaled to [0, 1] per map (attention is relative within a slide).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import shapely
+from shapely.geometry.base import BaseGeometry
+
+from .errors import AnnotationError, ConfigError
+from .io.annotations import AnnotationSet
+from .io.tile_maps import TileKind, TileValues
+from .io.tile_maps import load_tile_maps as load_tile_table
+
+__all__ = [
+    "DISAGREEMENT_LABELS",
+    "AgreementReport",
+    "Curve",
+    "TileValues",
+    "agreement",
+    "agreement_table",
+    "average_precision",
+    "disagreement_map",
+    "load_tile_maps",
+    "tile_maps_from_result",
+    "normalized_values",
+    "pr_curve",
+    "roc_auc",
+    "roc_curve",
+    "tile_coverage",
+    "union_area",
+]
+
+#: codes of :func:`disagreement_map`
+DISAGREEMENT_LABELS = {0: "agree", 1: "high outside annotations", 2: "annotated, model ignored"}
+
+
+# -- coverage ---------------------------------------------------------------------------
+
+
+def _area_parts(polygons: BaseGeometry | Sequence[BaseGeometry] | AnnotationSet) -> np.ndarray:
+    """Polygon parts (object array) of a geometry, a list of geometries or an AnnotationSet."""
+    if isinstance(polygons, AnnotationSet):
+        geoms = polygons.filter(area_only=True).geometries()
+    elif isinstance(polygons, BaseGeometry):
+        geoms = np.array([polygons], dtype=object)
+    else:
+        geoms = np.array(
+            [g for g in polygons if g.geom_type in ("Polygon", "MultiPolygon")], dtype=object
+        )
+    if len(geoms) == 0:
+        return np.empty(0, dtype=object)
+    parts = np.asarray(shapely.get_parts(geoms), dtype=object)
+    parts = parts[shapely.get_type_id(parts) == 3]  # polygons only
+    return parts[shapely.area(parts) > 0]
+
+
+def _grouped_union_area(tile_idx: np.ndarray, pieces: np.ndarray, n: int) -> np.ndarray:
+    """Σ area of the union of ``pieces`` per tile (pieces may overlap), vectorised by bucket."""
+    out = np.zeros(n, dtype=np.float64)
+    counts = np.bincount(tile_idx, minlength=n)
+    single = counts[tile_idx] == 1
+    out += np.bincount(tile_idx[single], weights=shapely.area(pieces[single]), minlength=n)
+    multi = ~single
+    if not multi.any():
+        return out
+    t, g = tile_idx[multi], pieces[multi]
+    order = np.argsort(t, kind="stable")
+    t, g = t[order], g[order]
+    tiles, first, cnt = np.unique(t, return_index=True, return_counts=True)
+    rank = np.arange(len(t)) - np.repeat(first, cnt)
+    bucket = np.ceil(np.log2(cnt)).astype(int)  # pad only to similar counts
+    for b in np.unique(bucket):
+        sel = np.nonzero(bucket == b)[0]
+        rows = np.repeat(np.arange(len(sel)), cnt[sel])
+        members = np.concatenate([np.arange(first[i], first[i] + cnt[i]) for i in sel])
+        grid = np.full((len(sel), int(cnt[sel].max())), None, dtype=object)
+        grid[rows, rank[members]] = g[members]
+        out[tiles[sel]] = shapely.area(shapely.union_all(grid, axis=1))
+    return out
+
+
+def tile_coverage(
+    coords_xy: np.ndarray,
+    tile_size: float,
+    polygons: BaseGeometry | Sequence[BaseGeometry] | AnnotationSet,
+) -> np.ndarray:
+    """Fraction (N,) of each square tile ``[x, x+s) × [y, y+s)`` inside the polygons' union.
+
+    Vectorised, and exact when polygons overlap: an STRtree finds tile–polygon pairs, tiles
+    inside a polygon count 1, boundary tiles are clipped, and the clipped pieces of one tile
+    are united (never the whole annotation set at once, which is slow for 50k polygons).
+    """
+    coords = np.asarray(coords_xy, dtype=np.float64).reshape(-1, 2)
+    n = len(coords)
+    out = np.zeros(n, dtype=np.float64)
+    parts = _area_parts(polygons)
+    if n == 0 or len(parts) == 0:
+        return out
+    s = float(tile_size)
+    boxes = shapely.box(coords[:, 0], coords[:, 1], coords[:, 0] + s, coords[:, 1] + s)
+    shapely.prepare(parts)
+    tree = shapely.STRtree(parts)
+    inside_tiles, _ = tree.query(boxes, predicate="within")
+    full = np.zeros(n, dtype=bool)
+    full[inside_tiles] = True
+    t_idx, p_idx = tree.query(boxes, predicate="intersects")
+    keep = ~full[t_idx]
+    t_idx, p_idx = t_idx[keep], p_idx[keep]
+    if len(t_idx):
+        pieces = shapely.intersection(boxes[t_idx], parts[p_idx])
+        out += _grouped_union_area(t_idx, pieces, n) / (s * s)
+    out[full] = 1.0
+    return np.clip(out, 0.0, 1.0)
+
+
+def union_area(polygons: BaseGeometry | Sequence[BaseGeometry] | AnnotationSet) -> float:
+    """Area of the union of the polygons, computed cell by cell on a coarse grid (exact)."""
+    parts = _area_parts(polygons)
+    if len(parts) == 0:
+        return 0.0
+    x0, y0, x1, y1 = shapely.total_bounds(parts)
+    cell = max(x1 - x0, y1 - y0, 1e-9) / 64
+    ys, xs = np.mgrid[0:64, 0:64]
+    coords = np.c_[x0 + xs.ravel() * cell, y0 + ys.ravel() * cell]
+    return float(tile_coverage(coords, cell, parts).sum() * cell * cell)
+
+
+# -- inputs -----------------------------------------------------------------------------
+
+
+def tile_maps_from_result(result) -> list[TileValues]:
+    """Every instance-score and attention map of a ``SlideResult``, one per magnification
+    (and per class for (N, C) instance scores)."""
+    out: list[TileValues] = []
+    for name, sm in result.scales.items():
+        common = dict(
+            coords_xy=sm.coords_xy,
+            tile_size=int(round(sm.tile_size_level0)),
+            scale=name,
+            mpp=result.slide_mpp,
+        )
+        s = sm.instance_scores
+        if s is not None and s.ndim == 1:
+            out.append(TileValues(values=s, name="instance scores", **common))
+        elif s is not None:
+            for c in range(s.shape[1]):
+                cls = result.class_names[c] if c < len(result.class_names) else str(c)
+                out.append(TileValues(values=s[:, c], name=f"instance scores {cls}", **common))
+        if sm.attention is not None:
+            out.append(
+                TileValues(values=sm.attention, name="attention", kind=TileKind.ATTENTION, **common)
+            )
+    return out
+
+
+def load_tile_maps(path) -> list[TileValues]:
+    """Tile maps from a saved ``SlideResult`` (``.npz`` written by ``result.save``) or from a
+    tile table (``.npz``/``.json``, see :mod:`napari_mil.io.tile_maps`)."""
+    from pathlib import Path
+
+    p = Path(path)
+    if p.suffix.lower() != ".json" and p.is_file():
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                is_result = "__meta__" in z.files
+        except (OSError, ValueError, EOFError):
+            is_result = False
+        if is_result:
+            from .inference.result import load_result
+
+            return tile_maps_from_result(load_result(p))
+    return load_tile_table(p)
+
+
+# -- ranking metrics --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class Curve:
+    """A ROC (x = FPR, y = TPR) or PR (x = recall, y = precision) curve, plus thresholds."""
+
+    x: np.ndarray
+    y: np.ndarray
+    thresholds: np.ndarray
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {"x": self.x.tolist(), "y": self.y.tolist(), "thresholds": self.thresholds.tolist()}
+
+
+def _binary_counts(scores: np.ndarray, labels: np.ndarray):
+    """Cumulative TP/FP at each distinct threshold (descending), as scikit-learn computes them."""
+    order = np.argsort(-scores, kind="mergesort")
+    s, y = scores[order], labels[order].astype(np.float64)
+    distinct = np.where(np.diff(s))[0]
+    idx = np.r_[distinct, len(s) - 1]
+    tps = np.cumsum(y)[idx]
+    fps = (idx + 1) - tps
+    return tps, fps, s[idx]
+
+
+def roc_curve(scores: np.ndarray, labels: np.ndarray) -> Curve:
+    """ROC curve (starts at (0, 0)); NaN-filled when only one class is present."""
+    scores, labels = np.asarray(scores, np.float64), np.asarray(labels, bool)
+    tps, fps, thr = _binary_counts(scores, labels)
+    p, n = tps[-1] if len(tps) else 0, fps[-1] if len(fps) else 0
+    tpr = np.r_[0.0, tps / p] if p else np.full(len(tps) + 1, np.nan)
+    fpr = np.r_[0.0, fps / n] if n else np.full(len(fps) + 1, np.nan)
+    return Curve(fpr, tpr, np.r_[np.inf, thr])
+
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve (Mann–Whitney, ties count ½); NaN without both classes."""
+    from scipy.stats import rankdata
+
+    scores, labels = np.asarray(scores, np.float64), np.asarray(labels, bool)
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    ranks = rankdata(scores)
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def pr_curve(scores: np.ndarray, labels: np.ndarray) -> Curve:
+    """Precision–recall curve from the highest threshold down (recall increasing)."""
+    scores, labels = np.asarray(scores, np.float64), np.asarray(labels, bool)
+    tps, fps, thr = _binary_counts(scores, labels)
+    p = tps[-1] if len(tps) else 0
+    precision = tps / np.maximum(tps + fps, 1)
+    recall = tps / p if p else np.full(len(tps), np.nan)
+    return Curve(np.r_[0.0, recall], np.r_[1.0, precision], np.r_[np.inf, thr])
+
+
+def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
+    """AP = Σ (Rₙ − Rₙ₋₁) Pₙ over distinct thresholds (scikit-learn's definition)."""
+    labels = np.asarray(labels, bool)
+    if not labels.any():
+        return math.nan
+    c = pr_curve(scores, labels)
+    return float(np.sum(np.diff(c.x) * c.y[1:]))
+
+
+# -- agreement --------------------------------------------------------------------------
+
+
+def normalized_values(tv: TileValues) -> np.ndarray:
+    """Values on a [0, 1] scale: attention min–max scaled, instance scores as they are."""
+    v = tv.values
+    if tv.kind is TileKind.ATTENTION:
+        lo, hi = (float(np.nanmin(v)), float(np.nanmax(v))) if len(v) else (0.0, 1.0)
+        return (v - lo) / (hi - lo) if hi > lo else np.zeros_like(v)
+    return v
+
+
+@dataclass(frozen=True, eq=False)
+class AgreementReport:
+    """Agreement of one tile map with the union of ``classes``."""
+
+    layer: str
+    scale: str
+    classes: tuple[str, ...]
+    n_tiles: int
+    n_positive: int
+    min_coverage: float
+    auroc: float
+    average_precision: float
+    threshold: float
+    dice: float
+    iou: float
+    mass_inside: float
+    top_k: int
+    top_k_hit_rate: float
+    annotated_area_tiled: float
+    roc: Curve = field(repr=False)
+    pr: Curve = field(repr=False)
+
+    def to_dict(self, *, curves: bool = False) -> dict[str, Any]:
+        d = {
+            k: getattr(self, k)
+            for k in (
+                "layer",
+                "scale",
+                "n_tiles",
+                "n_positive",
+                "min_coverage",
+                "auroc",
+                "average_precision",
+                "threshold",
+                "dice",
+                "iou",
+                "mass_inside",
+                "top_k",
+                "top_k_hit_rate",
+                "annotated_area_tiled",
+            )
+        }
+        d["classes"] = list(self.classes)
+        d = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
+        if curves:
+            d["roc"], d["pr"] = self.roc.to_dict(), self.pr.to_dict()
+        return d
+
+
+def _check_classes(annotations: AnnotationSet, classes: Iterable[str] | None) -> tuple[str, ...]:
+    if classes is None:
+        return tuple(annotations.filter(area_only=True).classes)
+    wanted = tuple(classes)
+    missing = [c for c in wanted if c not in annotations.classes]
+    if missing:
+        raise AnnotationError(
+            f"No annotations of class {', '.join(map(repr, missing))}; the file has "
+            f"{', '.join(map(repr, annotations.classes)) or 'no classes'}."
+        )
+    return wanted
+
+
+def agreement(
+    tile_values: TileValues,
+    annotations: AnnotationSet,
+    *,
+    positive_classes: Iterable[str] | None = None,
+    threshold: float = 0.5,
+    top_k: int = 10,
+    min_coverage: float = 0.5,
+    coverage: np.ndarray | None = None,
+) -> AgreementReport:
+    """Agreement metrics of one tile map against the union of ``positive_classes``.
+
+    ``positive_classes=None`` uses every class with polygons (and unclassified polygons when
+    there are no classes). Pass a precomputed ``coverage`` to re-threshold cheaply (the dock's
+    slider does).
+    """
+    if not 0.0 < min_coverage <= 1.0:
+        raise ConfigError(f"min_coverage must be in (0, 1], got {min_coverage}.")
+    if top_k < 1:
+        raise ConfigError(f"top_k must be ≥ 1, got {top_k}.")
+    classes = _check_classes(annotations, positive_classes)
+    positive = annotations.filter(classes=classes if classes else None, area_only=True)
+    if coverage is None:
+        coverage = tile_coverage(tile_values.coords_xy, tile_values.tile_size, positive)
+    cov = np.asarray(coverage, dtype=np.float64)
+    v = tile_values.values
+    ok = np.isfinite(v)
+    v, cov_ok = v[ok], cov[ok]
+    labels = cov_ok >= min_coverage
+    norm = normalized_values(tile_values)[ok]
+    pred = norm >= threshold
+    inter = float(np.sum(pred * cov_ok))
+    denom = float(pred.sum() + cov_ok.sum())
+    dice = 2 * inter / denom if denom > 0 else math.nan
+    iou = inter / (denom - inter) if denom - inter > 0 else math.nan
+    total = float(np.sum(np.clip(v, 0, None)))
+    mass = float(np.sum(np.clip(v, 0, None) * cov_ok)) / total if total > 0 else math.nan
+    k = min(top_k, len(v))
+    top = np.argsort(-v, kind="mergesort")[:k]
+    hit = float(labels[top].mean()) if k else math.nan
+    ann_area = union_area(positive)
+    tiled = float(np.sum(cov) * tile_values.tile_area) / ann_area if ann_area > 0 else math.nan
+    return AgreementReport(
+        layer=tile_values.name,
+        scale=tile_values.scale,
+        classes=classes,
+        n_tiles=int(len(v)),
+        n_positive=int(labels.sum()),
+        min_coverage=min_coverage,
+        auroc=roc_auc(v, labels),
+        average_precision=average_precision(v, labels),
+        threshold=threshold,
+        dice=dice,
+        iou=iou,
+        mass_inside=mass,
+        top_k=k,
+        top_k_hit_rate=hit,
+        annotated_area_tiled=tiled,
+        roc=roc_curve(v, labels),
+        pr=pr_curve(v, labels),
+    )
+
+
+def agreement_table(
+    tile_maps: Sequence[TileValues],
+    annotations: AnnotationSet,
+    *,
+    positive_classes: Iterable[str] | None = None,
+    per_class: bool = True,
+    **kwargs: Any,
+) -> list[AgreementReport]:
+    """Agreement of every map (layer × magnification) with the positive union and, when
+    ``per_class``, with each class on its own."""
+    pos = _check_classes(annotations, positive_classes)
+    groups: list[tuple[str, ...]] = [pos]
+    if per_class:
+        groups += [(c,) for c in annotations.filter(area_only=True).classes if (c,) != pos]
+    out = []
+    for tv in tile_maps:
+        for g in groups:
+            out.append(agreement(tv, annotations, positive_classes=g, **kwargs))
+    return out
+
+
+def disagreement_map(
+    tile_values: TileValues,
+    coverage: np.ndarray,
+    *,
+    threshold: float = 0.5,
+    min_coverage: float = 0.5,
+) -> np.ndarray:
+    """Per-tile codes (N,) int8: 0 agree, 1 high value outside annotations, 2 annotated but
+    ignored by the model (see :data:`DISAGREEMENT_LABELS`)."""
+    pred = normalized_values(tile_values) >= threshold
+    inside = np.asarray(coverage) >= min_coverage
+    codes = np.zeros(len(tile_values), dtype=np.int8)
+    codes[pred & ~inside] = 1
+    codes[~pred & inside] = 2
+    return codes

@@ -1,0 +1,263 @@
+"""Batched feature extraction: tiles decoded in a thread pool, embedded on a device, cached.
+
+:func:`extract_features` is a generator: it yields :class:`ExtractionProgress` after every
+batch (with the indices and features just computed, so a viewer can fill a heatmap as it
+goes) and returns a :class:`~napari_mil.io.feature_set.FeatureSet`. Stopping it (``close()``)
+commits what is done to the cache, so the next call resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Generator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .._types import PathLike
+from ..config import Device, ScaleSpec
+from ..errors import ConfigError, ExtractorError
+from ..io.feature_cache import CacheKey, FeatureCache, FeatureCacheEntry, hash_boxes
+from ..io.feature_set import FeatureSet
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..io.slide import Slide
+    from ..tiling.grid import TileGrid
+    from .extractor import Extractor
+
+__all__ = [
+    "ExtractionProgress",
+    "extract_features",
+    "extract_multiscale",
+    "extract_concentric",
+    "resolve_cache",
+    "run_to_end",
+]
+
+log = logging.getLogger(__name__)
+
+#: a scale whose mpp differs from the extractor's by more than this fraction gets a warning
+_MPP_WARN = 0.25
+
+
+@dataclass(frozen=True, eq=False)
+class ExtractionProgress:
+    """After each batch: ``done``/``total`` tiles, throughput, and the batch's results."""
+
+    done: int
+    total: int
+    tiles_per_s: float
+    indices: np.ndarray  # (B,) int64 into the grid
+    features: np.ndarray  # (B, D) float32
+    elapsed_s: float = 0.0
+    from_cache: bool = False
+    scale: str = ""
+
+    @property
+    def fraction(self) -> float:
+        return self.done / self.total if self.total else 1.0
+
+
+def resolve_cache(cache: FeatureCache | PathLike | bool | None) -> FeatureCache | None:
+    """``None``/``True`` → default cache folder; ``False`` → no cache; a path → that folder."""
+    if cache is False:
+        return None
+    if cache is None or cache is True:
+        return FeatureCache()
+    if isinstance(cache, FeatureCache):
+        return cache
+    return FeatureCache(cache)
+
+
+def _grid_parts(grid_or_boxes: Any, scale: ScaleSpec | None) -> tuple[np.ndarray, ScaleSpec | None]:
+    """(N, 4) level-0 boxes and the scale of a TileGrid, or of boxes given directly."""
+    if hasattr(grid_or_boxes, "boxes") and hasattr(grid_or_boxes, "spec"):
+        return np.asarray(grid_or_boxes.boxes(), np.float64), scale or grid_or_boxes.spec.scale
+    boxes = np.asarray(grid_or_boxes, dtype=np.float64)
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ConfigError(
+            f"extract_features takes a TileGrid or (N, 4) level-0 boxes (x, y, w, h); got an "
+            f"array of shape {boxes.shape}. For (N, F, 4) context windows use extract_concentric."
+        )
+    if len(boxes) and not np.allclose(boxes[:, 2], boxes[0, 2]):
+        raise ConfigError("All boxes must have the same size to form one feature set.")
+    return boxes, scale
+
+
+def _as_extractor(extractor: Extractor | str | PathLike, device) -> Extractor:
+    from .extractor import Extractor
+    from .registry import create_extractor
+
+    if isinstance(extractor, Extractor):
+        return extractor
+    return create_extractor(extractor, device=device)
+
+
+def _check_scale(extractor: Extractor, scale: ScaleSpec | None, slide: Slide) -> None:
+    card = extractor.card
+    if scale is not None and abs(scale.mpp - card.mpp) > _MPP_WARN * card.mpp:
+        warnings.warn(
+            f"Extractor {card.name!r} expects tiles at {card.mpp:g} µm/px but scale "
+            f"{scale.name!r} is {scale.mpp:g} µm/px: features may be poor.", UserWarning,
+            stacklevel=3)
+
+
+def extract_features(
+    slide: Slide,
+    grid_or_boxes: TileGrid | np.ndarray,
+    extractor: Extractor | str | PathLike,
+    *,
+    batch_size: int = 64,
+    device: str | Device | torch.device = Device.AUTO,
+    order: np.ndarray | None = None,
+    cache: FeatureCache | PathLike | bool | None = None,
+    num_workers: int = 2,
+    prefetch: int = 4,
+    scale: ScaleSpec | None = None,
+) -> Generator[ExtractionProgress, None, FeatureSet]:
+    """Embed every tile of a grid (or every level-0 box ``(N, 4)``) of ``slide``.
+
+    Tiles are read resized to the extractor's input size by ``num_workers`` threads while
+    the previous batch is embedded. ``order`` (a permutation, e.g. viewport first) sets which
+    tiles come first. ``cache``: ``None`` → the default cache folder, ``False`` → none, a
+    path or :class:`FeatureCache` → that one. Cached tiles are not recomputed.
+    """
+    from ..tiling.patches import iter_patch_batches
+
+    ex = _as_extractor(extractor, device)
+    boxes, scale = _grid_parts(grid_or_boxes, scale)
+    n, dim = len(boxes), ex.card.output_dim
+    coords = np.rint(boxes[:, :2]).astype(np.int64)
+    tile_size = float(boxes[0, 2]) if n else (
+        scale.patch_size_px * scale.mpp / slide.mpp if scale and slide.mpp else 1.0)
+    _check_scale(ex, scale, slide)
+    out_size = ex.card.input_size_px
+    card_dict = ex.card.to_dict()
+    meta = {"extractor": card_dict, "scale": scale.to_dict() if scale else None,
+            "tile_size_level0": tile_size, "slide": slide.name}
+
+    def result(features: np.ndarray) -> FeatureSet:
+        return FeatureSet(features, coords, tile_size, scale, card_dict, slide.content_hash,
+                          "extracted", {"extractor_fingerprint": ex.fingerprint})
+
+    store = resolve_cache(cache)
+    entry: FeatureCacheEntry | None = None
+    t0 = time.perf_counter()
+    if store is not None:
+        key = CacheKey(slide.content_hash[:24], ex.fingerprint,
+                       hash_boxes(boxes, out_size, "v1"))
+        entry = store.open(key, coords_xy=coords, dim=dim, meta=meta)
+        feats, done = entry.features, entry.done
+    else:
+        feats, done = np.full((n, dim), np.nan, np.float32), np.zeros(n, bool)
+    if done.all():
+        yield ExtractionProgress(n, n, 0.0, np.flatnonzero(done), feats, 0.0, True,
+                                 scale.name if scale else "")
+        return result(feats)
+    if done.any():  # report what the cache already has, then resume
+        yield ExtractionProgress(int(done.sum()), n, 0.0, np.flatnonzero(done), feats[done],
+                                 0.0, True, scale.name if scale else "")
+    idx = np.arange(n, dtype=np.int64) if order is None else np.asarray(order, np.int64)
+    if idx.ndim != 1 or len(np.unique(idx)) != len(idx) or (len(idx) and (
+            idx.min() < 0 or idx.max() >= n)):
+        raise ConfigError(f"order must be a permutation of indices into the {n} tiles.")
+    todo = idx[~done[idx]]
+    n_done, computed = int(done.sum()), 0
+    batches = iter_patch_batches(slide, boxes[todo], out_size, batch_size=batch_size,
+                                 num_workers=num_workers, prefetch=prefetch)
+    try:
+        for batch in batches:
+            tiles = todo[batch.indices]  # (B,) grid indices
+            emb = ex.embed(batch.images).numpy()  # (B, D)
+            if not np.isfinite(emb).all():
+                raise ExtractorError(
+                    f"Extractor {ex.card.name!r} produced NaN or infinite features; check its "
+                    "weights, its card's mean/std, or use another device.")
+            if entry is not None:
+                entry.add(tiles, emb)  # fills feats/done (the entry's arrays) too
+            else:
+                feats[tiles] = emb
+                done[tiles] = True
+            n_done += len(tiles)
+            computed += len(tiles)
+            elapsed = time.perf_counter() - t0
+            yield ExtractionProgress(n_done, n, computed / max(elapsed, 1e-9), tiles, emb,
+                                     elapsed, False, scale.name if scale else "")
+    finally:
+        batches.close()
+        if entry is not None:
+            entry.flush()
+    return result(feats)
+
+
+def run_to_end(gen: Generator[Any, None, Any]) -> Any:
+    """Drive a progress generator to its end and return its result."""
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
+def extract_multiscale(
+    slide: Slide,
+    grids: Mapping[str, TileGrid] | Any,
+    extractors: Extractor | str | PathLike | Mapping[str, Extractor | str | PathLike],
+    **kwargs: Any,
+) -> Generator[ExtractionProgress, None, dict[str, FeatureSet]]:
+    """Features for each scale's own grid (a MultiScaleGrid or {name: TileGrid}).
+
+    ``extractors`` is one embedder for all scales or one per scale name (CS-MIL trains one
+    per scale). Progress carries the scale name; returns ``{scale: FeatureSet}``.
+    """
+    grid_map = dict(getattr(grids, "grids", grids))
+    device = kwargs.get("device", Device.AUTO)
+    out: dict[str, FeatureSet] = {}
+    for name, grid in grid_map.items():
+        ex = extractors[name] if isinstance(extractors, Mapping) else extractors
+        ex = _as_extractor(ex, device)
+        if not isinstance(extractors, Mapping):
+            extractors = ex  # build once, reuse for every scale
+        out[name] = yield from extract_features(slide, grid, ex, **kwargs)
+    return out
+
+
+def extract_concentric(
+    slide: Slide,
+    grid: TileGrid,
+    extractors: Extractor | str | PathLike | Sequence[Extractor | str | PathLike],
+    factors: Sequence[float] = (1, 2, 4),
+    **kwargs: Any,
+) -> Generator[ExtractionProgress, None, dict[str, FeatureSet]]:
+    """CS-MIL: per tile of ``grid``, features of concentric fields ``factor ×`` its side.
+
+    Field ``f`` is read at ``grid.mpp · f`` (same patch size), so with a 20x grid and
+    factors (1, 2, 4) the fields are 20x, 10x and 5x. Every returned FeatureSet is aligned
+    with ``grid`` (same coords, same order); keys are the fields' scale names.
+    """
+    from ..config import scale_name
+    from ..tiling.grid import context_windows
+
+    windows = context_windows(grid, factors)  # (N, F, 4)
+    device = kwargs.get("device", Device.AUTO)
+    if isinstance(extractors, (list, tuple)):
+        if len(extractors) != len(factors):
+            raise ConfigError(f"Give one extractor per factor ({len(factors)}), "
+                              f"got {len(extractors)}.")
+        exs = [_as_extractor(e, device) for e in extractors]
+    else:
+        exs = [_as_extractor(extractors, device)] * len(factors)
+    out: dict[str, FeatureSet] = {}
+    base = grid.spec.scale
+    for k, f in enumerate(factors):
+        scale = ScaleSpec(scale_name(base.magnification / f), base.mpp * f, base.patch_size_px)
+        fs = yield from extract_features(slide, windows[:, k], exs[k], scale=scale, **kwargs)
+        out[scale.name] = FeatureSet(fs.features, grid.coords_xy, grid.tile_size_level0, scale,
+                                     fs.extractor, fs.slide_hash, "extracted",
+                                     {**fs.attrs, "context_factor": float(f)})
+    return out

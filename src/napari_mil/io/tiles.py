@@ -1,0 +1,338 @@
+"""Level readers: one object per pyramid level that returns any in-bounds RGB region.
+
+* :class:`JpegTileLevel` — the fast path for tiled 8-bit RGB JPEG TIFF pages (SVS, generic
+  and OME pyramids): it reads the compressed tile bytes itself with ``os.pread`` (positional,
+  so thread-safe without a lock) and decodes them with ``imagecodecs`` (which releases the
+  GIL), keeping decoded tiles in a shared byte-bounded LRU :class:`TileCache`.
+* :class:`ZarrLevel` — any other layout tiffslide understands, through its zarr view.
+* :class:`OpenSlideLevel` — files only openslide can read.
+* :class:`DownsampledLevel` — a computed lower level, area-averaged from the level above,
+  tile by tile, on demand (for single-level and shallow pyramids).
+
+Every reader implements ``read(y0, y1, x0, x1) -> (y1-y0, x1-x0, 3) uint8`` for a region
+inside the level (callers clip) and counts the tiles it decodes in ``decoded``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Hashable
+from concurrent.futures import Executor
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..errors import CorruptSlideError, SlideError
+
+__all__ = [
+    "FileHandle",
+    "LevelReader",
+    "TileCache",
+    "TiledLevel",
+    "JpegTileLevel",
+    "ZarrLevel",
+    "OpenSlideLevel",
+    "DownsampledLevel",
+    "jpeg_page_supported",
+]
+
+WHITE = 255
+#: a read that misses at least this many tiles decodes them on the slide's thread pool
+PARALLEL_MIN_TILES = 4
+
+
+class LevelReader(Protocol):
+    height: int
+    width: int
+    tile_height: int
+    tile_width: int
+    decoded: int
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray: ...
+
+
+class TileCache:
+    """A thread-safe LRU cache of decoded tiles, bounded in bytes."""
+
+    def __init__(self, max_bytes: int = 64 * 2**20) -> None:
+        self.max_bytes = int(max_bytes)
+        self._data: OrderedDict[Hashable, np.ndarray] = OrderedDict()
+        self._nbytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> np.ndarray | None:
+        with self._lock:
+            tile = self._data.get(key)
+            if tile is not None:
+                self._data.move_to_end(key)
+            return tile
+
+    def put(self, key: Hashable, tile: np.ndarray) -> None:
+        if tile.nbytes > self.max_bytes:
+            return
+        with self._lock:
+            old = self._data.pop(key, None)
+            if old is not None:
+                self._nbytes -= old.nbytes
+            self._data[key] = tile
+            self._nbytes += tile.nbytes
+            while self._nbytes > self.max_bytes:
+                _, dropped = self._data.popitem(last=False)
+                self._nbytes -= dropped.nbytes
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+            self._nbytes = 0
+
+    @property
+    def nbytes(self) -> int:
+        return self._nbytes
+
+
+class FileHandle:
+    """A read-only descriptor for positional reads (``os.pread``: no seek, no lock).
+
+    Level readers hold this object (not the bare descriptor number), so the file stays open
+    as long as any reader, e.g. a dask array given to napari, is alive, and a closed handle
+    fails loudly instead of reading a reused descriptor.
+    """
+
+    def __init__(self, path) -> None:
+        self.path = str(path)
+        self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        self.closed = False
+        self._finalizer = weakref.finalize(self, os.close, self.fd)
+
+    def pread(self, count: int, offset: int) -> bytes:
+        if self.closed:
+            raise SlideError(f"{os.path.basename(self.path)} is closed: open it again with "
+                             "open_slide().")
+        data = os.pread(self.fd, count, offset)
+        if len(data) < count:
+            raise CorruptSlideError(
+                f"{os.path.basename(self.path)} ends early: tile data at byte {offset:,} is "
+                "missing. The file is truncated: copy it again.")
+        return data
+
+    def close(self) -> None:
+        self.closed = True
+        self._finalizer()
+
+
+class TiledLevel:
+    """Base class: a level made of a regular tile grid; subclasses produce single tiles."""
+
+    def __init__(self, height: int, width: int, tile_height: int, tile_width: int,
+                 cache: TileCache, key: Hashable) -> None:
+        self.height, self.width = int(height), int(width)
+        self.tile_height, self.tile_width = int(tile_height), int(tile_width)
+        self.tiles_down = math.ceil(self.height / self.tile_height)
+        self.tiles_across = math.ceil(self.width / self.tile_width)
+        self.cache = cache
+        self.key = key
+        self.decoded = 0
+        self._count_lock = threading.Lock()
+        #: a thread pool that decodes the missing tiles of one read in parallel (leaf levels
+        #: only: its tasks never submit to it again, so it cannot deadlock)
+        self.pool: Executor | None = None
+
+    def _make_tile(self, ty: int, tx: int) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def tile(self, ty: int, tx: int) -> np.ndarray:
+        """Tile (ty, tx), cropped to the level, (h, w, 3) uint8, read-only; cached."""
+        tile = self.cache.get((self.key, ty, tx))
+        return tile if tile is not None else self._new_tile((ty, tx))
+
+    def _new_tile(self, coord: tuple[int, int]) -> np.ndarray:
+        tile = self._make_tile(*coord)
+        tile.flags.writeable = False
+        with self._count_lock:
+            self.decoded += 1
+        self.cache.put((self.key, *coord), tile)
+        return tile
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        th, tw = self.tile_height, self.tile_width
+        ty0, ty1 = y0 // th, (y1 - 1) // th
+        tx0, tx1 = x0 // tw, (x1 - 1) // tw
+        if ty0 == ty1 and tx0 == tx1:  # one tile: copy its part (cached tiles are shared)
+            t = self.tile(ty0, tx0)
+            oy, ox = ty0 * th, tx0 * tw
+            return t[y0 - oy : y1 - oy, x0 - ox : x1 - ox].copy()
+        tiles: dict[tuple[int, int], np.ndarray] = {}
+        missing = []
+        for ty in range(ty0, ty1 + 1):
+            for tx in range(tx0, tx1 + 1):
+                t = self.cache.get((self.key, ty, tx))
+                if t is None:
+                    missing.append((ty, tx))
+                else:
+                    tiles[ty, tx] = t
+        if missing:
+            pool = self.pool
+            if pool is not None and len(missing) >= PARALLEL_MIN_TILES:
+                tiles.update(zip(missing, pool.map(self._new_tile, missing), strict=True))
+            else:
+                for c in missing:
+                    tiles[c] = self._new_tile(c)
+        out = np.empty((y1 - y0, x1 - x0, 3), np.uint8)
+        for (ty, tx), t in tiles.items():
+            oy, ox = ty * th, tx * tw
+            sy0, sy1 = max(y0, oy), min(y1, oy + th)
+            sx0, sx1 = max(x0, ox), min(x1, ox + tw)
+            out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = t[sy0 - oy : sy1 - oy,
+                                                              sx0 - ox : sx1 - ox]
+        return out
+
+
+def jpeg_page_supported(page) -> bool:
+    """Whether :class:`JpegTileLevel` can read this tifffile page."""
+    try:
+        return bool(
+            page.is_tiled
+            and page.compression == 7
+            and page.photometric in (2, 6)
+            and page.samplesperpixel == 3
+            and page.bitspersample == 8
+            and page.planarconfig == 1
+            and not page.extrasamples
+            and page.imagedepth == 1
+            and len(page.dataoffsets) == math.ceil(page.imagelength / page.tilelength)
+            * math.ceil(page.imagewidth / page.tilewidth)
+            and not getattr(page, "is_ndpi", False)
+        )
+    except Exception:  # noqa: BLE001 - odd pages go to the zarr path
+        return False
+
+
+class JpegTileLevel(TiledLevel):
+    """A tiled JPEG TIFF page read with ``os.pread`` and decoded with imagecodecs."""
+
+    def __init__(self, handle: FileHandle, page, cache: TileCache, key: Hashable) -> None:
+        import imagecodecs
+        from tifffile.tifffile import jpeg_decode_colorspace
+
+        super().__init__(page.imagelength, page.imagewidth, page.tilelength, page.tilewidth,
+                         cache, key)
+        self._handle = handle
+        self._offsets = np.asarray(page.dataoffsets, np.int64)
+        self._counts = np.asarray(page.databytecounts, np.int64)
+        self._tables = page.jpegtables
+        self._colorspace, self._outcolorspace = jpeg_decode_colorspace(
+            page.photometric, page.planarconfig, page.extrasamples, page.is_jfif)
+        self._decode = imagecodecs.jpeg8_decode
+        self._shape = (self.tile_height, self.tile_width)
+
+    def tile_bytes(self, ty: int, tx: int) -> bytes:
+        i = ty * self.tiles_across + tx
+        count = int(self._counts[i])
+        return self._handle.pread(count, int(self._offsets[i])) if count else b""
+
+    def _make_tile(self, ty: int, tx: int) -> np.ndarray:
+        th, tw = self.tile_height, self.tile_width
+        h, w = min(th, self.height - ty * th), min(tw, self.width - tx * tw)
+        data = self.tile_bytes(ty, tx)
+        if not data:  # sparse tile: background
+            return np.full((h, w, 3), WHITE, np.uint8)
+        try:
+            tile = self._decode(data, tables=self._tables, colorspace=self._colorspace,
+                                outcolorspace=self._outcolorspace)
+        except Exception as exc:  # imagecodecs raises its own error types
+            raise CorruptSlideError(
+                f"Tile ({tx}, {ty}) of {self.key} cannot be decoded ({exc}); the file is "
+                "damaged or truncated: copy it again from the scanner or archive."
+            ) from exc
+        if tile.ndim == 2:
+            tile = np.repeat(tile[..., None], 3, axis=2)
+        return tile[:h, :w]
+
+
+class ZarrLevel:
+    """A level read through tiffslide's zarr view (any layout tifffile can decode)."""
+
+    def __init__(self, array: Any, tile_height: int, tile_width: int) -> None:
+        self._array = array
+        self.height, self.width = int(array.shape[0]), int(array.shape[1])
+        self.tile_height, self.tile_width = int(tile_height), int(tile_width)
+        self.decoded = 0
+        self._lock = threading.Lock()
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        with self._lock:  # zarr stores over one file handle are not guaranteed thread-safe
+            arr = np.asarray(self._array[y0:y1, x0:x1])
+        self.decoded += math.ceil((y1 - y0) / self.tile_height) * math.ceil(
+            (x1 - x0) / self.tile_width)
+        if arr.ndim == 2:
+            arr = np.repeat(arr[..., None], 3, axis=2)
+        elif arr.shape[2] == 4:
+            arr = arr[..., :3]
+        if arr.dtype != np.uint8:
+            arr = _to_uint8(arr)
+        return np.ascontiguousarray(arr[..., :3])
+
+
+def _to_uint8(arr: np.ndarray) -> np.ndarray:
+    if arr.dtype == np.uint16:
+        return (arr >> 8).astype(np.uint8)
+    lo, hi = float(arr.min(initial=0)), float(arr.max(initial=1))
+    return np.clip((arr - lo) * (255.0 / max(hi - lo, 1e-12)), 0, 255).astype(np.uint8)
+
+
+class OpenSlideLevel(TiledLevel):
+    """A level of a file only openslide can read (tiles of 512 px composited on white)."""
+
+    def __init__(self, osr, level: int, cache: TileCache, key: Hashable,
+                 lock: threading.Lock) -> None:
+        w, h = osr.level_dimensions[level]
+        super().__init__(h, w, 512, 512, cache, key)
+        self._osr, self._level, self._lock = osr, level, lock
+        self._ds = float(osr.level_downsamples[level])
+
+    def _make_tile(self, ty: int, tx: int) -> np.ndarray:
+        x, y = tx * self.tile_width, ty * self.tile_height
+        w, h = min(self.tile_width, self.width - x), min(self.tile_height, self.height - y)
+        loc = (round(x * self._ds), round(y * self._ds))
+        with self._lock:
+            rgba = np.asarray(self._osr.read_region(loc, self._level, (w, h)))
+        alpha = rgba[..., 3:4].astype(np.uint16)
+        rgb = (rgba[..., :3] * alpha + WHITE * (255 - alpha) + 127) // 255
+        return rgb.astype(np.uint8)
+
+
+class DownsampledLevel(TiledLevel):
+    """A computed level: ``factor`` × ``factor`` area average of ``parent``, made per tile."""
+
+    def __init__(self, parent: LevelReader, factor: int, cache: TileCache, key: Hashable,
+                 tile_size: int = 256) -> None:
+        super().__init__(max(1, parent.height // factor), max(1, parent.width // factor),
+                         tile_size, tile_size, cache, key)
+        self.parent, self.factor = parent, int(factor)
+
+    def _make_tile(self, ty: int, tx: int) -> np.ndarray:
+        f, th, tw = self.factor, self.tile_height, self.tile_width
+        y0, x0 = ty * th, tx * tw
+        h, w = min(th, self.height - y0), min(tw, self.width - x0)
+        src = self.parent.read(y0 * f, (y0 + h) * f, x0 * f, (x0 + w) * f)
+        return area_average(src, f)
+
+
+def area_average(src: np.ndarray, factor: int) -> np.ndarray:
+    """Mean of ``factor`` × ``factor`` blocks of an (H, W, C) uint8 image, rounded half up.
+
+    Sums strided views (``factor``² vectorised adds) instead of reducing over a reshaped
+    axis pair, which numpy does ~8× slower.
+    """
+    h, w = src.shape[0] // factor, src.shape[1] // factor
+    n = factor * factor
+    acc = np.full((h, w, src.shape[2]), n // 2, np.uint16 if n <= 256 else np.uint32)
+    for dy in range(factor):
+        for dx in range(factor):
+            acc += src[dy : h * factor : factor, dx : w * factor : factor]
+    acc //= n
+    return acc.astype(np.uint8)
