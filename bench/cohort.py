@@ -102,7 +102,8 @@ def main(argv=None) -> int:
                       dashboard_address=":0") as lc:
         rows["2 workers via --scheduler"] = _run(slides, ckpt, address=lc.scheduler_address)
     speedup = rows["2 workers"]["slides_per_min"] / rows["1 worker"]["slides_per_min"]
-    print(f"cohort: {n} synthetic slides of {size}×{size} px (40x), ABMIL over the compact CNN, CPU")
+    print(f"cohort: {n} synthetic slides of {size}×{size} px (40x), "
+          "ABMIL over the compact CNN, CPU")
     print(f"{'setup':<28}{'slides/min':>12}{'s/slide':>10}{'peak RSS/worker MB':>20}")
     for name, r in rows.items():
         print(f"{name:<28}{r['slides_per_min']:>12.2f}{r['median_slide_s']:>10.2f}"

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from napari_mil._progress import run_to_end
 from napari_mil.training.datasets import Bag, BagDataset
 from napari_mil.training.icmil import ICMILConfig, augment_patches, instance_scores, run_icmil
 from napari_mil.training.metrics import classification_metrics, roc_auc
@@ -40,14 +41,6 @@ DIM = 32
 #: attention baselines train one bag per step, as their papers do (mini-batches of padded bags
 #: made torchmil's ABMIL overfit these cohorts); max-pooling models use mini-batches (FocusMIL).
 BATCH_SIZE = {"abmil": 1, "dsmil": 1}
-
-
-def _drain(gen):
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
 
 
 def _train(
@@ -77,7 +70,7 @@ def _train(
     )
     torch.manual_seed(seed)
     model, _ = build_model(cfg, ds.feature_dim(), len(ds.class_names))
-    return _drain(fit(model, ds, None, cfg)).model
+    return run_to_end(fit(model, ds, None, cfg)).model
 
 
 def _size(quick: bool) -> tuple[int, int]:
@@ -388,7 +381,7 @@ def claim_icmil(
     )
     # geometric views + mild noise: colour jitter would hide this cohort's (darkness) signal
     weak_colour = functools.partial(augment_patches, strength=0.2)
-    result = _drain(run_icmil(bags, labels, embedder, cfg, augment=weak_colour))
+    result = run_to_end(run_icmil(bags, labels, embedder, cfg, augment=weak_colour))
     flat = torch.cat(inst).numpy()
     out = {}
     for r in result.rounds:

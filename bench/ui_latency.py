@@ -203,7 +203,8 @@ def measure_whatif(model_path: Path, n: int = 20000, reps: int = 15) -> dict:
             model(torch.from_numpy(feats)[None])
         timings["full_forward_ms"].append((time.perf_counter() - t) * 1000)
     return {k: statistics.median(v) for k, v in timings.items()} | {
-        "n_tiles": n, "feature_dim": model.card.feature_dim, "architecture": model.card.architecture}
+        "n_tiles": n, "feature_dim": model.card.feature_dim,
+        "architecture": model.card.architecture}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -248,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         "tiles": per_run[0]["tiles"], **whatif,
     }
     summary["stall_p95_ratio_vs_idle"] = summary["stall_p95_ms"] / max(idle["stall_p95_ms"], 0.1)
-    summary["whatif_ratio_vs_full_forward"] = whatif["whatif_ms"] / max(whatif["full_forward_ms"], 1e-6)
+    summary["whatif_ratio_vs_full_forward"] = (whatif["whatif_ms"]
+                                               / max(whatif["full_forward_ms"], 1e-6))
     targets = {"stall_max_ms": 100.0, "stall_p95_ms": 20.0, "first_view_scores_s": 3.0,
                "whatif_ms": 100.0}
     rows = [("metric", "value", "target", "ok")]
@@ -258,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
                      "n/a" if v is None else ("yes" if v < target else "NO")))
     for key in ("idle_stall_max_ms", "idle_stall_p95_ms", "stall_p95_ratio_vs_idle", "run_s",
                 "tiles", "full_forward_ms", "whatif_ratio_vs_full_forward"):
-        rows.append((key, f"{summary[key]:.2f}" if isinstance(summary[key], float) else str(summary[key]), "", ""))
+        v = summary[key]
+        rows.append((key, f"{v:.2f}" if isinstance(v, float) else str(v), "", ""))
     widths = [max(len(str(r[i])) for r in rows) for i in range(4)]
     for r in rows:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)))

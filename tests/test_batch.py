@@ -60,7 +60,8 @@ def test_corrupt_slide_is_reported_and_rerun_recomputes_only_what_is_missing(coh
     (out / slide_key(slides[1]) / "tiles.csv").unlink()  # lose one output of one slide
     assert main(args) == 1  # the broken slide still fails
     rows = _summary(out)
-    assert rows[slides[0].name]["status"] == "skipped" and rows[slides[2].name]["status"] == "skipped"
+    assert rows[slides[0].name]["status"] == "skipped"
+    assert rows[slides[2].name]["status"] == "skipped"
     assert rows[slides[1].name]["status"] == "ok"
     for s in (slides[0], slides[2]):
         assert (out / slide_key(s) / "result.npz").stat().st_mtime_ns == stamps[s.name]
@@ -84,3 +85,16 @@ def test_no_matching_slides_is_a_usage_error(tmp_path, capsys):
     assert main(["infer", str(tmp_path / "*.svs"), "-c", str(tmp_path / "m.safetensors"),
                  "-o", str(tmp_path / "out")]) == 2
     assert "No slides match" in capsys.readouterr().err
+
+
+def test_slides_sharing_a_name_are_refused_before_any_work(tmp_path, make_slide):
+    from napari_mil.batch import check_unique_keys
+    from napari_mil.errors import ConfigError
+
+    a = make_slide("x.svs", size=(512, 512))
+    (tmp_path / "other").mkdir()
+    b = tmp_path / "other" / "x.svs"
+    b.write_bytes(a.read_bytes())
+    with pytest.raises(ConfigError, match="share the output folder"):
+        check_unique_keys([a, b])
+    check_unique_keys([a, a])  # the same file twice is fine

@@ -122,6 +122,7 @@ def test_zoomed_and_tissue_layers() -> None:
     mask[10:20, 5:30] = True
     tm = TissueMask(mask, downsample=100.0, mpp=100 * MPP, slide_dimensions=(5000, 4000))
     [(data, kw, kind)] = tissue_layer_data(tm, MPP, slide_name="s1")
-    assert kind == "labels" and data.dtype == np.uint8 and data.sum() == mask.sum()
+    assert kind == "image" and data.dtype == np.float32
+    assert np.nansum(data) == mask.sum() and np.isnan(data[~mask]).all()
     assert kw["scale"] == (25.0, 25.0) and kw["name"] == "s1 · tissue"
     assert kw["translate"] == pytest.approx(tm.translate_um)

@@ -40,8 +40,9 @@ _API = {
 __all__ = ["__version__", *_API]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .errors import NapariMilError
-    from .io.slide import Slide, open_slide
+    from .errors import NapariMilError as NapariMilError
+    from .io.slide import Slide as Slide
+    from .io.slide import open_slide as open_slide
 
 
 def __getattr__(name: str) -> Any:

@@ -10,9 +10,7 @@ runtime, error) is rewritten atomically after every slide.
 
 from __future__ import annotations
 
-import csv
 import glob
-import io
 import json
 import logging
 import os
@@ -25,10 +23,10 @@ from typing import Any
 
 from ._types import PathLike
 from .errors import ConfigError, NapariMilError
-from .io.atomic import atomic_write_text
+from .io.atomic import atomic_write_csv, atomic_write_text
 
-__all__ = ["SlideStatus", "SlideOutcome", "expand_slides", "process_slide", "is_complete",
-           "run_cohort", "write_summary"]
+__all__ = ["SlideStatus", "SlideOutcome", "expand_slides", "check_unique_keys", "process_slide",
+           "is_complete", "run_cohort", "write_summary"]
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +64,23 @@ def expand_slides(patterns: Sequence[str]) -> list[Path]:
         else:
             matches = [p]
         for m in matches:
-            found.setdefault(str(m.resolve()), m)
+            found.setdefault(str(m.resolve()), m.resolve())
     if not found:
         raise ConfigError(f"No slides match {list(patterns)}: give slide files, folders or globs.")
     return sorted(found.values(), key=lambda q: str(q))
+
+
+def check_unique_keys(slides: Sequence[PathLike]) -> None:
+    """Refuse two slides that would write into the same output folder."""
+    seen: dict[str, Path] = {}
+    for s in map(Path, slides):
+        key = slide_key(s)
+        if key in seen and seen[key] != s:
+            raise ConfigError(
+                f"{seen[key]} and {s} would share the output folder {key!r}: run them into "
+                "different --out folders or rename one."
+            )
+        seen[key] = s
 
 
 def slide_key(path: PathLike) -> str:
@@ -86,7 +97,8 @@ def is_complete(slide_dir: Path) -> bool:
     marker = slide_dir / DONE
     try:
         done = json.loads(marker.read_text())
-        return all((slide_dir / name).stat().st_size == size for name, size in done["files"].items())
+        return all((slide_dir / name).stat().st_size == size
+                   for name, size in done["files"].items())
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
 
@@ -142,15 +154,15 @@ def process_slide(slide_path: str, checkpoint: str, out_dir: str,
 
 def write_summary(outcomes: Iterable[SlideOutcome], path: Path, class_names: Sequence[str]) -> Path:
     """The cohort summary CSV (atomic rewrite)."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["slide", "status", *[f"p_{c}" for c in class_names], "predicted_class",
-                "runtime_s", "error"])
-    for o in sorted(outcomes, key=lambda o: o.slide):
-        w.writerow([o.slide, o.status, *[("" if c not in o.probabilities else f"{o.probabilities[c]:.6f}")
-                                         for c in class_names],
-                    o.predicted_class, f"{o.runtime_s:.3f}", o.error])
-    return atomic_write_text(path, buf.getvalue(), overwrite=True)
+    header = ["slide", "status", *[f"p_{c}" for c in class_names], "predicted_class",
+              "runtime_s", "error"]
+    rows = [
+        [o.slide, o.status,
+         *["" if c not in o.probabilities else f"{o.probabilities[c]:.6f}" for c in class_names],
+         o.predicted_class, f"{o.runtime_s:.3f}", o.error]
+        for o in sorted(outcomes, key=lambda o: o.slide)
+    ]
+    return atomic_write_csv(path, header, rows, overwrite=True)
 
 
 def _gpu_count() -> int:
@@ -186,7 +198,11 @@ def run_cohort(slides: Sequence[PathLike], checkpoint: PathLike, out_dir: PathLi
 
     from .models.checkpoint import read_checkpoint_card
 
-    out = Path(out_dir)
+    # absolute paths: workers of a remote cluster may run in another directory
+    slides = [Path(s).resolve() for s in slides]
+    checkpoint = Path(checkpoint).resolve()
+    check_unique_keys(slides)
+    out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     card = read_checkpoint_card(checkpoint)
     class_names = list(card.class_names) if card else []

@@ -40,7 +40,6 @@ __all__ = [
     "average_precision",
     "disagreement_map",
     "load_tile_maps",
-    "tile_maps_from_result",
     "normalized_values",
     "pr_curve",
     "roc_auc",
@@ -147,31 +146,6 @@ def union_area(polygons: BaseGeometry | Sequence[BaseGeometry] | AnnotationSet) 
 # -- inputs -----------------------------------------------------------------------------
 
 
-def tile_maps_from_result(result) -> list[TileValues]:
-    """Every instance-score and attention map of a ``SlideResult``, one per magnification
-    (and per class for (N, C) instance scores)."""
-    out: list[TileValues] = []
-    for name, sm in result.scales.items():
-        common = dict(
-            coords_xy=sm.coords_xy,
-            tile_size=int(round(sm.tile_size_level0)),
-            scale=name,
-            mpp=result.slide_mpp,
-        )
-        s = sm.instance_scores
-        if s is not None and s.ndim == 1:
-            out.append(TileValues(values=s, name="instance scores", **common))
-        elif s is not None:
-            for c in range(s.shape[1]):
-                cls = result.class_names[c] if c < len(result.class_names) else str(c)
-                out.append(TileValues(values=s[:, c], name=f"instance scores {cls}", **common))
-        if sm.attention is not None:
-            out.append(
-                TileValues(values=sm.attention, name="attention", kind=TileKind.ATTENTION, **common)
-            )
-    return out
-
-
 def load_tile_maps(path) -> list[TileValues]:
     """Tile maps from a saved ``SlideResult`` (``.npz`` written by ``result.save``) or from a
     tile table (``.npz``/``.json``, see :mod:`napari_mil.io.tile_maps`)."""
@@ -187,7 +161,7 @@ def load_tile_maps(path) -> list[TileValues]:
         if is_result:
             from .inference.result import load_result
 
-            return tile_maps_from_result(load_result(p))
+            return load_result(p).tile_values()
     return load_tile_table(p)
 
 

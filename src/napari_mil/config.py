@@ -108,4 +108,6 @@ class ScaleSpec:
         try:
             return cls(str(data["name"]), float(data["mpp"]), int(data.get("patch_size_px", 256)))
         except (KeyError, TypeError, ValueError) as exc:
-            raise ConfigError(f"Invalid scale entry {data!r}: needs name, mpp, patch_size_px.") from exc
+            raise ConfigError(
+                f"Invalid scale entry {data!r}: needs name, mpp, patch_size_px."
+            ) from exc

@@ -29,7 +29,9 @@ def resolve_device(device: str | Device | torch.device | None = Device.AUTO) -> 
         return torch.device("cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ConfigError("CUDA was requested but no CUDA GPU is available: use device 'cpu' or 'auto'.")
+            raise ConfigError(
+                "CUDA was requested but no CUDA GPU is available: use device 'cpu' or 'auto'."
+            )
         return torch.device(name)
     if name == Device.MPS:
         mps = getattr(torch.backends, "mps", None)

@@ -86,7 +86,8 @@ def lattice_stride_level0(scale_map) -> float:
 
 def tile_heatmap(scale_map, values: np.ndarray, *,
                  slide_dimensions: tuple[int, int] | None = None,
-                 slide_mpp: float = 1.0) -> tuple[np.ndarray, tuple[float, float], tuple[float, float]]:
+                 slide_mpp: float = 1.0,
+                 ) -> tuple[np.ndarray, tuple[float, float], tuple[float, float]]:
     """Per-tile ``values`` (N,) on the global tile lattice: ``(array, scale_um, translate_um)``.
 
     The lattice starts at (0, 0) level-0 px (DESIGN §3) and covers the slide when
@@ -105,7 +106,7 @@ def tile_heatmap(scale_map, values: np.ndarray, *,
         w, h = slide_dimensions
         shape = (max(math.ceil(h / stride), 1), max(math.ceil(w / stride), 1))
     else:
-        shape = (int(ij[:, 1].max()) + 1 if len(ij) else 1, int(ij[:, 0].max()) + 1 if len(ij) else 1)
+        shape = (1, 1)
     shape = (max(shape[0], int(ij[:, 1].max()) + 1 if len(ij) else 1),
              max(shape[1], int(ij[:, 0].max()) + 1 if len(ij) else 1))
     out = np.full(shape, np.nan, dtype=np.float32)
@@ -205,7 +206,8 @@ def top_k_indices(scale_map, k: int = 10) -> tuple[np.ndarray, np.ndarray, str]:
     return idx.astype(np.int64), np.asarray(values, np.float32)[idx], source
 
 
-def topk_layer_data(result, scale_map=None, *, k: int = 10, edge_color: str = "cyan") -> list[tuple]:
+def topk_layer_data(result, scale_map=None, *, k: int = 10,
+                    edge_color: str = "cyan") -> list[tuple]:
     """Shapes layer outlining the top-k tiles, with ``score``/``rank``/``index`` properties."""
     sm = scale_map if scale_map is not None else result.finest_scale
     idx, vals, source = top_k_indices(sm, k)
@@ -216,7 +218,7 @@ def topk_layer_data(result, scale_map=None, *, k: int = 10, edge_color: str = "c
         "shape_type": "rectangle",
         "scale": (result.slide_mpp, result.slide_mpp), "units": ("um", "um"),
         "edge_color": edge_color, "face_color": "transparent", "edge_width": 3,
-       
+
         "features": {"rank": np.arange(1, len(idx) + 1), "score": vals, "index": idx},
         "text": {"string": "#{rank} {score:.2f}", "size": 10, "color": edge_color,
                  "anchor": "upper_left"},
@@ -251,23 +253,32 @@ def zoomed_layer_data(result, scale_map, *, color: str = "magenta") -> list[tupl
                           n_zoomed=len(idx),
                           units="rectangles in level-0 (row, col) px; layer scale = slide mpp"),
     }
-    return [(_rectangles_rc(scale_map.coords_xy[idx], scale_map.tile_size_level0), kwargs, "shapes")]
+    rects = _rectangles_rc(scale_map.coords_xy[idx], scale_map.tile_size_level0)
+    return [(rects, kwargs, "shapes")]
 
 
-def tissue_layer_data(tissue_mask, slide_mpp: float, *, slide_name: str = "") -> list[tuple]:
-    """Labels layer of a tissue mask (``TissueMask``), aligned in µm with the slide."""
+def tissue_layer_data(tissue_mask, slide_mpp: float, *, slide_name: str = "",
+                      color: str = "green") -> list[tuple]:
+    """The tissue mask (``TissueMask``) as an image layer aligned in µm with the slide.
+
+    Tissue is 1, background NaN (transparent), so only tissue is tinted; an image layer is
+    much cheaper to add to a live viewer than a labels layer.
+    """
     ds = float(tissue_mask.downsample)
     px = ds * slide_mpp
     shift = (ds - 1.0) / 2.0 * slide_mpp
+    data = np.where(np.asarray(tissue_mask.mask, bool), np.float32(1.0), np.float32(np.nan))
     kwargs = {
         "name": layer_name(slide_name, "tissue") if slide_name else "tissue",
-        "scale": (px, px), "translate": (shift, shift), "units": ("um", "um"), "opacity": 0.25,
-        "visible": False,
+        "scale": (px, px), "translate": (shift, shift), "units": ("um", "um"),
+        "colormap": color, "contrast_limits": (0.0, 1.0), "opacity": 0.25,
+        "blending": "translucent", "interpolation2d": "nearest", "visible": False,
         "metadata": {"napari_mil": True, "kind": "tissue", "meaning": LAYER_MEANING["tissue"],
-                     "units": "mask pixels; layer scale/translate in µm", "downsample": ds,
+                     "units": "mask pixels (1 = tissue, NaN = background); layer scale/"
+                              "translate in µm", "downsample": ds, "colormap": color,
                      "slide_name": slide_name},
     }
-    return [(np.asarray(tissue_mask.mask).astype(np.uint8), kwargs, "labels")]
+    return [(data, kwargs, "image")]
 
 
 def result_layer_data(result, *, normalisation: str | Normalisation = "raw",

@@ -31,7 +31,9 @@ def slide_and_result(tmp_path, make_slide):
     return path, result.save(tmp_path / "s.result.npz")
 
 
-def test_view_loads_the_result_without_running_a_model(slide_and_result, tmp_path, monkeypatch, qapp):
+def test_view_loads_the_result_without_running_a_model(
+    slide_and_result, tmp_path, monkeypatch, qapp
+):
     slide, result = slide_and_result
     calls = []
     import torch

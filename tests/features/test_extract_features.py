@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from napari_mil._progress import collect
 from napari_mil.features.extract import (
     extract_concentric,
     extract_features,
@@ -54,14 +55,7 @@ def test_cache_reuse_is_instant_and_exact(slide20x, cnn256, cache_dir, monkeypat
         raise AssertionError("a cached tile was embedded again")
 
     monkeypatch.setattr(cnn256, "embed", boom)
-    progress = list_progress = []
-    gen = extract_features(slide20x, grid, cnn256, cache=cache_dir)
-    while True:
-        try:
-            list_progress.append(next(gen))
-        except StopIteration as stop:
-            fs = stop.value
-            break
+    progress, fs = collect(extract_features(slide20x, grid, cnn256, cache=cache_dir))
     assert len(progress) == 1 and progress[0].from_cache and progress[0].done == len(grid)
     np.testing.assert_array_equal(fs.features, ref.features)
 

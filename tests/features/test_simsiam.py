@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from napari_mil._progress import collect
 from napari_mil.errors import ConfigError
 from napari_mil.features.augment import AugmentParams, augment_view, hed_jitter
 from napari_mil.features.extract import run_to_end
@@ -34,13 +35,7 @@ def test_train_on_tiles_returns_an_extractor():
     tiles = np.random.default_rng(0).integers(0, 256, (16, 64, 64, 3), dtype=np.uint8)
     gen = train_extractor([], patches=tiles, epochs=2, batch_size=8, train_size_px=32,
                           input_size_px=64, widths=(8, 16), out_dim=16, device="cpu")
-    steps = []
-    while True:
-        try:
-            steps.append(next(gen))
-        except StopIteration as stop:
-            ex = stop.value
-            break
+    steps, ex = collect(gen)
     train = [s for s in steps if s.stage == "train"]
     assert len(train) == 4 and train[-1].step == train[-1].steps == 4
     assert all(math.isfinite(s.loss) and -1.0 <= s.loss <= 1.0 for s in train)

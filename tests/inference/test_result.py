@@ -22,7 +22,9 @@ def _result(n: int = 50) -> SlideResult:
         scales={
             "20x": ScaleMap(fine, coords, 512.0, rng.random(n), rng.dirichlet(np.ones(n)),
                             {"scale_weights": rng.random((n, 3)).astype(np.float32)}),
-            "5x": ScaleMap(coarse, coords[:5] // 2048 * 2048, 2048.0, None, rng.dirichlet(np.ones(5))),
+            "5x": ScaleMap(
+                coarse, coords[:5] // 2048 * 2048, 2048.0, None, rng.dirichlet(np.ones(5))
+            ),
         },
         model_card={"architecture": "abmil", "kwargs": {"in_dim": 8}},
         settings={"batch_size": 4}, reviews={"20x:3": "agree"}, elapsed_s=1.5,
@@ -89,7 +91,8 @@ def test_features_are_saved_only_when_asked(tmp_path):
     feats = np.arange(8 * 4, dtype=np.float32).reshape(8, 4)
     sm = res.scales["20x"]
     res = SlideResult(**{**res.__dict__, "scales": {"20x": ScaleMap(
-        sm.scale, sm.coords_xy, sm.tile_size_level0, sm.instance_scores, sm.attention, features=feats)}})
+        sm.scale, sm.coords_xy, sm.tile_size_level0, sm.instance_scores, sm.attention,
+        features=feats)}})
     assert load_result(res.save(tmp_path / "a.npz")).scales["20x"].features is None
     back = load_result(res.save(tmp_path / "b.npz", include_features=True))
     np.testing.assert_array_equal(back.scales["20x"].features, feats)
@@ -98,7 +101,7 @@ def test_features_are_saved_only_when_asked(tmp_path):
 def test_tile_values_expose_every_layer_at_every_scale():
     res = _result(12)
     maps = {(m.name, m.scale): m for m in res.tile_values()}
-    assert set(maps) == {("instance_scores", "20x"), ("attention", "20x"), ("attention", "5x")}
+    assert set(maps) == {("instance scores", "20x"), ("attention", "20x"), ("attention", "5x")}
     tv = maps[("attention", "20x")]
     assert tv.tile_size == 512 and tv.mpp == 0.25
     np.testing.assert_allclose(tv.values, res.scales["20x"].attention, rtol=1e-6)

@@ -24,7 +24,8 @@ def _model(tmp_path, name: str, scales=("20x",), **kwargs):
     if name in ("csmil", "zoommil"):
         kwargs.setdefault("scales", tuple(scales))
     model = create_model(name, in_dim=DIM, **kwargs)
-    card = make_card(model, extractor=EXTRACTOR, scales=None if name in ("csmil", "zoommil") else None)
+    card = make_card(model, extractor=EXTRACTOR,
+                     scales=None if name in ("csmil", "zoommil") else None)
     path = save_model(model, card, tmp_path / f"{name}.safetensors")
     return load_model(path)
 
@@ -55,7 +56,8 @@ def test_single_scale_run_yields_stages_partials_and_a_result(tmp_path, make_sli
     assert partial_sizes[-1] == len(sm)
     assert sm.tile_size_level0 == pytest.approx(512.0)  # 256 px at 0.5 µm/px on a 0.25 µm/px slide
     w, h = slide.dimensions
-    assert (sm.coords_xy >= 0).all() and (sm.coords_xy[:, 0] < w).all() and (sm.coords_xy[:, 1] < h).all()
+    assert (sm.coords_xy >= 0).all()
+    assert (sm.coords_xy[:, 0] < w).all() and (sm.coords_xy[:, 1] < h).all()
     assert sm.attention.sum() == pytest.approx(1.0, abs=1e-4)
     assert result.probabilities.sum() == pytest.approx(1.0, abs=1e-5)
     assert result.slide_hash == slide.content_hash

@@ -30,8 +30,12 @@ class TinyABMIL(nn.Module):
         self.attn = nn.Linear(dim, 1)
         self.head = nn.Linear(dim, 1)
         with torch.no_grad():
-            self.attn.weight.zero_(); self.attn.weight[0, 0] = 5.0; self.attn.bias.zero_()
-            self.head.weight.zero_(); self.head.weight[0, 0] = 10.0; self.head.bias.fill_(-3.0)
+            self.attn.weight.zero_()
+            self.attn.weight[0, 0] = 5.0
+            self.attn.bias.zero_()
+            self.head.weight.zero_()
+            self.head.weight[0, 0] = 10.0
+            self.head.bias.fill_(-3.0)
         self.card = SimpleNamespace(architecture="tiny", class_names=("normal", "tumor"))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> MILOutput:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from conftest import simulate_bags, simulate_zoom_bags
+from napari_mil._progress import collect
 from napari_mil.models.checkpoint import load_model
 from napari_mil.models.output import MILOutput
 from napari_mil.models.registry import list_models, model_info
@@ -18,12 +19,8 @@ from napari_mil.training.trainer import TrainConfig, fit, predict, train
 
 
 def _run(gen):
-    progress = []
-    while True:
-        try:
-            progress.append(next(gen))
-        except StopIteration as stop:
-            return stop.value, progress
+    progress, result = collect(gen)
+    return result, progress
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from napari_mil._progress import collect
 from napari_mil.errors import ConfigError
 from napari_mil.training.icmil import ICMILConfig, augment_patches, instance_scores, run_icmil
 from napari_mil.training.metrics import roc_auc
@@ -56,13 +57,7 @@ def test_icmil_rounds_run_and_tune_the_embedder():
         device="cpu",
     )
     gen = run_icmil(bags, labels, emb, cfg)
-    steps = []
-    while True:
-        try:
-            steps.append(next(gen))
-        except StopIteration as stop:
-            result = stop.value
-            break
+    steps, result = collect(gen)
     kinds = [s.step for s in steps]
     assert kinds.index("E") > kinds.index("M") and kinds.count("extract") == 2
     assert len(result.rounds) == 2

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
-from conftest import (
+from review_helpers import (
     LESION_RC,
     MPP,
     TILE,
@@ -87,7 +89,8 @@ def test_cancel_mid_run_leaves_no_worker_and_no_half_layer(dock_setup, qtbot) ->
     assert "Cancel" in dock.status_label.text()
 
 
-def test_switching_slide_or_checkpoint_cancels(dock_setup, qtbot, tiny_checkpoint, make_slide) -> None:
+def test_switching_slide_or_checkpoint_cancels(dock_setup, qtbot, tiny_checkpoint,
+                                               make_slide) -> None:
     viewer, dock, path, image = dock_setup
     result = analyse(path, image, dock.model)
     log: list[str] = []
@@ -133,7 +136,8 @@ def test_layers_align_with_the_lesion_and_show_it(dock_setup, qtbot) -> None:
     data_idx = np.round(np.asarray(layer.world_to_data(world))).astype(int)
     assert layer.data[tuple(data_idx)] > 0.9
     normal_world = np.array([700.0, 300.0]) * MPP
-    assert np.nan_to_num(layer.data[tuple(np.round(layer.world_to_data(normal_world)).astype(int))]) < 0.1
+    normal_idx = tuple(np.round(layer.world_to_data(normal_world)).astype(int))
+    assert np.nan_to_num(layer.data[normal_idx]) < 0.1
     # what a person sees: the heatmap colour over the lesion, blended over the slide
     for lyr in viewer.layers:
         lyr.visible = lyr is layer or lyr.name == "lesion"
@@ -194,4 +198,39 @@ def test_model_helper_is_the_checkpoint(tiny_checkpoint) -> None:
     a, b = load_model(tiny_checkpoint), make_tiny_model()
     for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert ka == kb and np.allclose(va.numpy(), vb.numpy())
-    assert TILE == a.card.scales[0].patch_size_px
+    assert a.card.scales[0].patch_size_px == TILE
+
+
+def test_dock_opens_from_the_plugin_menu(make_napari_viewer) -> None:
+    viewer = make_napari_viewer()
+    _dw, widget = viewer.window.add_plugin_dock_widget("napari-mil", "MIL analysis")
+    assert isinstance(widget, AnalysisDock)
+    assert widget._on_mouse_move in viewer.mouse_move_callbacks
+    assert not widget.run()  # no model, no slide: a message, not a crash
+    assert "checkpoint" in widget.last_error.lower()
+
+
+def test_error_mid_run_is_notified_and_leaves_no_half_layer(dock_setup, qtbot) -> None:
+    from types import SimpleNamespace
+
+    from napari_mil.errors import FeatureError
+
+    viewer, dock, path, image = dock_setup
+    result = analyse(path, image, dock.model)
+    sm = result.finest_scale
+
+    def failing(slide, model, *, settings=None):
+        yield SimpleNamespace(stage="features", done=5, total=len(sm), tiles_per_s=10.0,
+                              eta_s=2.0, message="", tissue=None,
+                              partial=type(sm)(sm.scale, sm.coords_xy[:5], sm.tile_size_level0,
+                                               sm.instance_scores[:5]))
+        time.sleep(0.6)  # let the partial layer appear
+        raise FeatureError("tile 7 could not be decoded: re-export the slide")
+
+    names_before = [lyr.name for lyr in viewer.layers]
+    dock.run_fn = failing
+    dock.run()
+    _wait_idle(qtbot, dock)
+    assert "re-export the slide" in dock.last_error
+    assert [lyr.name for lyr in viewer.layers] == names_before
+    assert dock.result is None and dock.run_btn.isEnabled()

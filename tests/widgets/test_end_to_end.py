@@ -121,11 +121,16 @@ def test_cancel_a_real_run_stops_its_threads(make_napari_viewer, trained, qtbot)
                                "partial_interval_s": 0.0}
     assert dock.load_checkpoint(ckpt)
     names_before = [lyr.name for lyr in viewer.layers]
-    threads_before = threading.active_count()
+    from napari_mil.tiling.patches import THREAD_NAME_PREFIX
+
+    def readers() -> list[str]:  # run_slide's tile-reading threads
+        return [t.name for t in threading.enumerate() if t.name.startswith(THREAD_NAME_PREFIX)]
+
     dock.run()
     qtbot.waitUntil(lambda: "synth · instance scores [20x]" in viewer.layers, timeout=60000)
+    assert readers()  # the run is reading tiles
     dock.cancel()
     qtbot.waitUntil(lambda: not dock.is_busy, timeout=30000)
     assert dock.result is None and dock.last_error is None
     assert [lyr.name for lyr in viewer.layers] == names_before
-    qtbot.waitUntil(lambda: threading.active_count() <= threads_before, timeout=10000)
+    qtbot.waitUntil(lambda: not readers(), timeout=10000)

@@ -6,7 +6,7 @@ import csv
 
 import numpy as np
 import pytest
-from conftest import LESION_RC, add_slide_layer, analyse
+from review_helpers import LESION_RC, add_slide_layer, analyse
 
 from napari_mil._widgets.analysis_dock import AnalysisDock
 from napari_mil._widgets.evidence import camera_of
@@ -56,7 +56,8 @@ def test_whatif_excluding_the_lesion_lowers_tumor(reviewed) -> None:
 
 def test_whatif_without_region_or_features(reviewed) -> None:
     viewer, dock = reviewed
-    dock.whatif.regions_layer().add_rectangles(np.array([[0, 0], [0, 10], [10, 10], [10, 0]], float))
+    corner = np.array([[0, 0], [0, 10], [10, 10], [10, 0]], float)
+    dock.whatif.regions_layer().add_rectangles(corner)
     assert dock.whatif.apply("exclude") is None
     assert "No analysed tile" in dock.whatif.result_label.text()
     object.__setattr__(dock.result.finest_scale, "features", None)
@@ -71,7 +72,8 @@ def test_gallery_jump_marks_export_and_exact_reload(reviewed, tmp_path) -> None:
     g.k_spin.setValue(5)
     assert len(g.items) == 5
     sm = dock.result.finest_scale
-    assert [it["index"] for it in g.items] == list(np.argsort(-sm.instance_scores, kind="stable")[:5])
+    best = np.argsort(-sm.instance_scores, kind="stable")[:5]
+    assert [it["index"] for it in g.items] == list(best)
     assert not g.items[0]["thumb"].icon().isNull()  # a real thumbnail of the tile
     g.items[0]["thumb"].click()
     x, y = sm.coords_xy[g.items[0]["index"]] + 64
@@ -114,3 +116,44 @@ def test_open_result_of_another_slide_is_refused(reviewed, tmp_path) -> None:
     current = dock.result
     assert not dock.open_result(path)
     assert dock.result is current and "belongs to slide" in dock.last_error
+
+
+def test_cross_scale_evidence_and_layers(make_napari_viewer, lesion_slide) -> None:
+    """CS-MIL-like result: attention per magnification, per-scale weights in the panel."""
+    from napari_mil.config import ScaleSpec
+    from napari_mil.inference.result import ScaleMap, SlideResult
+    from napari_mil.io.slide import open_slide
+
+    viewer = make_napari_viewer()
+    path, _image = lesion_slide
+    add_slide_layer(viewer, path)
+    dock = AnalysisDock(viewer)
+    yy, xx = np.mgrid[0:12, 0:16]
+    fine_xy = np.stack([xx.ravel(), yy.ravel()], 1) * 128
+    coarse_xy = np.stack([xx[:3, :4].ravel(), yy[:3, :4].ravel()], 1) * 512
+    rng = np.random.default_rng(0)
+    weights = rng.dirichlet([1, 1], len(fine_xy)).astype(np.float32)
+    fine = ScaleMap(ScaleSpec("20x", 0.5, 128), fine_xy, 128.0, rng.random(len(fine_xy)),
+                    rng.dirichlet(np.ones(len(fine_xy))), extras={"scale_weights": weights})
+    coarse = ScaleMap(ScaleSpec("5x", 2.0, 128), coarse_xy, 512.0, None,
+                      rng.dirichlet(np.ones(len(coarse_xy))))
+    with open_slide(path) as slide:
+        h = slide.content_hash
+    result = SlideResult("lesion", str(path), h, 0.5, (2048, 1536), ("normal", "tumor"),
+                         [0.3, 0.7], {"20x": fine, "5x": coarse},
+                         model_card={"scales": [fine.scale.to_dict(), coarse.scale.to_dict()]})
+    dock.set_result(result)
+    assert viewer.layers["lesion · attention [5x]"].scale[0] == 256.0  # 512 px × 0.5 µm
+    assert viewer.layers["lesion · attention [20x]"].scale[0] == 64.0
+    x, y = 700, 300  # level-0: fine tile (5, 2), coarse tile (1, 0)
+    world = np.array([y - 0.5, x - 0.5]) * 0.5
+    text = dock.hover_at(world)
+    assert "20x #" in text and "5x #" in text and "attn" in text
+    tiles = dock.click_at(world)
+    i_fine = int(np.flatnonzero((fine_xy == [640, 256]).all(1))[0])
+    assert tiles["20x"].index == i_fine and tiles["5x"].index == 1
+    bars = dock.evidence.weight_bars
+    assert list(bars) == ["20x", "5x"]
+    assert bars["20x"].value() == round(float(weights[i_fine, 0]) * 1000)
+    assert dock.evidence.weights_box.isVisibleTo(dock.evidence)
+    assert dock.evidence.tiles["5x"].score is None

@@ -1,95 +1,158 @@
-"""The demo session behind ``napari-mil demo``: sample slide, model layers, screenshots."""
+"""The session behind ``napari-mil demo``: sample slides, the bundled model, what it saw.
+
+Interactive: napari opens on the real sample slide with the analysis dock, the bundled
+checkpoint loaded and its run started. Off-screen (no display, under Xvfb): the same session is
+driven to the end and written out — screenshots of the window, the saved result, and for a
+synthetic slide with known lesions the agreement between attention and the ground truth and
+the exports (tile GeoJSON/CSV, heatmap OME-TIFF, top-k crops).
+"""
 
 from __future__ import annotations
 
 import json
-import logging
+import time
 from pathlib import Path
 
-import numpy as np
+from ..errors import NapariMilError
+from ..io.atomic import atomic_write_text
+from ..io.samples import SAMPLE_SLIDE, sample_dir, sample_file
+from .session import add_layer_tuples, open_session, save_screenshot, settle
 
-from ..io.atomic import atomic_path, atomic_write_text
-from ..io.samples import SAMPLE_SLIDE, sample_file
-
-log = logging.getLogger(__name__)
-
-
-def _save_png(image: np.ndarray, path: Path, overwrite: bool) -> Path:
-    from PIL import Image
-
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        Image.fromarray(np.ascontiguousarray(image[..., :3])).save(tmp, format="PNG")
-    return path
+#: the checkpoint the demo runs when none is given
+DEFAULT_MODEL = "model-abmil.safetensors"
+LESION_CLASSES = ("Micro lesion", "Macro lesion")
 
 
-def build_viewer(slide_path: Path, *, show: bool = True):
-    """A napari viewer with the slide (in µm) and the scale bar on; returns (viewer, slide)."""
-    import napari
-
-    from ..io.slide import open_slide
-    from ..layers import slide_layer_data
-
-    slide = open_slide(slide_path)
-    viewer = napari.Viewer(title=f"napari-mil — {slide.name}", show=show)
-    for data, kwargs, _kind in slide_layer_data(slide):
-        viewer.add_image(data, **kwargs)
-    viewer.scale_bar.visible = True
-    viewer.scale_bar.unit = "um"
-    viewer.reset_view()
-    return viewer, slide
+def _bundled_model(model: Path | None) -> Path | None:
+    if model is not None:
+        return Path(model)
+    path = sample_dir() / DEFAULT_MODEL
+    return path if path.exists() else None
 
 
-def _settle(viewer, rounds: int = 20) -> None:
-    """Let napari load the visible tiles and draw a final frame."""
+def _add_dock(viewer):
+    from .analysis_dock import AnalysisDock
+
+    dock = AnalysisDock(viewer)
+    viewer.window.add_dock_widget(dock, name="napari-mil analysis", area="right")
+    return dock
+
+
+def _wait(dock, timeout_s: float = 1800.0) -> None:
+    """Process Qt events until the dock's run and its layer updates are finished."""
     from qtpy.QtWidgets import QApplication
 
-    for _ in range(rounds):
+    t0 = time.perf_counter()
+    while dock.is_busy:
         QApplication.processEvents()
-    viewer.window._qt_viewer.canvas.native.update()
-    QApplication.processEvents()
+        time.sleep(0.01)
+        if time.perf_counter() - t0 > timeout_s:
+            dock.cancel()
+            raise NapariMilError(f"The demo run did not finish within {timeout_s:.0f} s.")
+    if dock.last_error:
+        raise NapariMilError(dock.last_error)
 
 
-def _tissue_centre_um(slide) -> tuple[float, float]:
-    """Centre (row, col) in µm of the darkest region of the lowest level, i.e. tissue."""
-    low = np.asarray(slide.pyramid[-1])
-    gray = low.mean(axis=2)
-    rows, cols = np.nonzero(gray < np.percentile(gray, 30))
-    ds = slide.level_downsamples[-1]
-    mpp = slide.mpp or 1.0
-    if len(rows) == 0:
-        return low.shape[0] * ds * mpp / 2, low.shape[1] * ds * mpp / 2
-    return float(np.median(rows)) * ds * mpp, float(np.median(cols)) * ds * mpp
+def _zoom_to(viewer, xy_level0, mpp: float, zoom_level0: float = 1.0) -> None:
+    viewer.camera.center = (xy_level0[1] * mpp, xy_level0[0] * mpp)
+    viewer.camera.zoom = zoom_level0 / mpp
+
+
+def _analyse(viewer, model_path: Path):
+    dock = _add_dock(viewer)
+    if not dock.load_checkpoint(model_path):
+        raise NapariMilError(dock.last_error or f"Cannot load {model_path}.")
+    dock.run()
+    _wait(dock)
+    return dock
+
+
+def _real_slide_part(slide_path: Path, model_path: Path | None, out: Path, ow: bool) -> list[Path]:
+    viewer = open_session(slide_path, show=True)
+    written = [save_screenshot(viewer, out / "01_slide.png", overwrite=ow)]
+    if model_path is not None:
+        dock = _analyse(viewer, model_path)
+        result = dock.result
+        written.append(save_screenshot(viewer, out / "02_model_instance_scores.png", overwrite=ow))
+        for layer in viewer.layers:
+            if "attention" in layer.name:
+                layer.visible = True
+            elif "instance scores" in layer.name:
+                layer.visible = False
+        written.append(save_screenshot(viewer, out / "03_model_attention.png", overwrite=ow))
+        top = result.finest_scale
+        best = top.coords_xy[int(top.attention.argmax())] if top.attention is not None else top.coords_xy[0]
+        _zoom_to(viewer, best + top.tile_size_level0 / 2, result.slide_mpp, 0.5)
+        settle(viewer, 40)
+        written.append(save_screenshot(viewer, out / "04_most_attended_tile.png", overwrite=ow))
+        written.append(result.save(out / f"{result.slide_name}.result.npz", overwrite=ow))
+    viewer.close()
+    return written
+
+
+def _synthetic_part(model_path: Path, out: Path, ow: bool) -> list[Path]:
+    """A synthetic slide with micro and macro lesions: agreement with the truth, exports."""
+    from .._sample_data import _ensure_synthetic, sample_cache_dir
+    from ..compare import agreement_table
+    from ..export.heatmap import write_heatmap_tiff
+    from ..export.rois import export_rois, rois_from_top_k
+    from ..export.tables import write_tiles_csv, write_tiles_geojson
+    from ..io.annotations import read_annotations
+
+    slide_path, _spec = _ensure_synthetic(sample_cache_dir())
+    truth_path = slide_path.with_suffix(".geojson")
+    viewer = open_session(slide_path, annotations=[truth_path], show=True)
+    dock = _analyse(viewer, model_path)
+    result = dock.result
+    written = [save_screenshot(viewer, out / "05_synthetic_lesions_vs_model.png", overwrite=ow)]
+    truth = read_annotations(truth_path)
+    classes = [c for c in LESION_CLASSES if c in {a.classification for a in truth}]
+    maps = result.tile_values()
+    table = agreement_table(maps, truth, positive_classes=classes)
+    report = {"slide": result.slide_name, "model": result.model_card.get("architecture"),
+              "probabilities": dict(zip(result.class_names, map(float, result.probabilities), strict=True)),
+              "positive_classes": classes, "agreement": [r.to_dict() for r in table]}
+    written.append(atomic_write_text(out / "agreement.json", json.dumps(report, indent=1), overwrite=ow))
+    exports = out / "exports"
+    exports.mkdir(exist_ok=True)
+    written.append(write_tiles_geojson(maps, exports / "tiles.geojson", overwrite=ow))
+    written.append(write_tiles_csv(maps, exports / "tiles.csv", overwrite=ow))
+    heat = next(m for m in maps if m.name == "attention")
+    written.append(write_heatmap_tiff(heat, exports / "attention.ome.tif",
+                                      slide_dimensions=result.slide_dimensions, overwrite=ow))
+    from ..io.slide import open_slide
+
+    with open_slide(slide_path) as slide:
+        crops = export_rois(slide, rois_from_top_k(heat, k=5), exports / "top5", mpp=0.5,
+                            overwrite=ow)
+    written.extend(Path(p) for p in crops[:1])
+    written.append(result.save(out / "synthetic.result.npz", overwrite=ow))
+    viewer.close()
+    return written
 
 
 def run_demo(*, slide: Path | None, model: Path | None, out_dir: Path, offscreen: bool,
              overwrite: bool = False) -> int:
     slide_path = Path(slide) if slide else sample_file(SAMPLE_SLIDE)
-    viewer, wsi = build_viewer(slide_path, show=True)
+    model_path = _bundled_model(model)
     if not offscreen:
-        import napari
+        viewer = open_session(slide_path, show=True)
+        if model_path is not None:
+            dock = _add_dock(viewer)
+            if dock.load_checkpoint(model_path):
+                dock.run()
+        from .session import run_event_loop
 
-        napari.run()
+        run_event_loop()
         return 0
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
-    _settle(viewer)
-    written.append(_save_png(viewer.screenshot(canvas_only=False, flash=False),
-                             out_dir / "01_slide_overview.png", overwrite))
-    # Zoom to level-0 resolution over tissue: what a pathologist looks at next.
-    centre = _tissue_centre_um(wsi)
-    viewer.camera.center = centre
-    viewer.camera.zoom = 1.0 / (wsi.mpp or 1.0)  # one screen pixel per level-0 pixel
-    _settle(viewer, 40)
-    written.append(_save_png(viewer.screenshot(canvas_only=False, flash=False),
-                             out_dir / "02_slide_full_resolution.png", overwrite))
-    info_path = atomic_write_text(out_dir / "slide_info.json",
-                                  json.dumps(wsi.metadata(), indent=2, default=str),
-                                  overwrite=overwrite)
-    written.append(info_path)
-    viewer.close()
-    print(f"napari-mil demo: wrote {len(written)} files to {out_dir.resolve()}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    written = _real_slide_part(slide_path, model_path, out, overwrite)
+    if model_path is not None and slide is None:
+        written += _synthetic_part(model_path, out, overwrite)
+    print(f"napari-mil demo: wrote {len(written)} files in {time.perf_counter() - t0:.0f} s to "
+          f"{out.resolve()}")
     for path in written:
-        print(f"  {path.name}")
+        print(f"  {Path(path).relative_to(out.resolve()) if Path(path).is_absolute() else path}")
     return 0

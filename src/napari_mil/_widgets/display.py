@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from qtpy.QtCore import Qt
 from qtpy.QtGui import QImage, QPixmap
 from qtpy.QtWidgets import QGridLayout, QHBoxLayout, QLabel, QProgressBar, QVBoxLayout, QWidget
 
-__all__ = ["ProbabilityView", "ColorBar", "colormap_rgba"]
+__all__ = ["ProbabilityView", "ColorBar", "colormap_rgba", "card_html", "fmt_eta", "slide_path_of"]
 
 
 def colormap_rgba(name: str, n: int = 256) -> np.ndarray:
@@ -103,3 +104,35 @@ class ColorBar(QWidget):
     def colors(self) -> np.ndarray:
         """(256, 4) uint8 colours shown (for tests)."""
         return self._rgba[0] if self._image is not None else np.zeros((0, 4), np.uint8)
+
+
+def card_html(card) -> str:
+    """A short HTML summary of a model card."""
+    scales = ", ".join(f"{s.name} ({s.mpp:g} µm/px, {s.patch_size_px} px)" for s in card.scales)
+    ext = card.extractor.name if card.extractor is not None else "unspecified"
+    return (f"<b>{card.architecture}</b> — classes: {', '.join(card.class_names)}<br>"
+            f"scales: {scales}<br>extractor: {ext} (feature dim {card.feature_dim})"
+            + (f"<br><i>{card.description}</i>" if card.description else ""))
+
+
+def fmt_eta(eta_s: float | None) -> str:
+    if eta_s is None or not np.isfinite(eta_s):
+        return "–"
+    eta_s = max(0.0, float(eta_s))
+    return f"{eta_s:.0f} s" if eta_s < 90 else f"{eta_s / 60:.1f} min"
+
+
+def slide_path_of(layer) -> str | None:
+    """The slide file behind an image layer (its metadata or its source), or None."""
+    meta = layer.metadata
+    for key in ("slide_path", "path"):
+        if meta.get(key):
+            return str(meta[key])
+    slide = meta.get("slide")
+    if slide is not None and hasattr(slide, "path"):
+        return str(slide.path)
+    src = getattr(getattr(layer, "source", None), "path", None)
+    if src and Path(src).suffix.lower() in {".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif",
+                                            ".mrxs", ".qptiff", ".vms", ".vmu", ".svslide"}:
+        return str(src)
+    return None

@@ -21,8 +21,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-__all__ = ["camera_of", "TileLookup", "TileInfo", "EvidencePanel", "world_to_level0", "level0_to_world",
-           "hover_text", "rgb_pixmap"]
+__all__ = ["camera_of", "TileLookup", "TileInfo", "EvidencePanel", "world_to_level0",
+           "level0_to_world", "hover_text", "rgb_pixmap", "read_tile"]
 
 _MARK = " ‖ "
 
@@ -123,7 +123,8 @@ class TileLookup:
             if other.scale.mpp >= sm.scale.mpp:
                 continue
             c = other.coords_xy + other.tile_size_level0 / 2.0
-            inside = (c[:, 0] >= x0) & (c[:, 0] < x0 + size) & (c[:, 1] >= y0) & (c[:, 1] < y0 + size)
+            inside = ((c[:, 0] >= x0) & (c[:, 0] < x0 + size)
+                      & (c[:, 1] >= y0) & (c[:, 1] < y0 + size))
             out[name] = np.flatnonzero(inside).tolist()
         return out
 
@@ -193,7 +194,8 @@ class EvidencePanel(QWidget):
                     item.widget().deleteLater()
         self.weight_bars = {}
 
-    def show_point(self, result, lookup: TileLookup, slide, x: float, y: float) -> dict[str, TileInfo]:
+    def show_point(self, result, lookup: TileLookup, slide, x: float,
+                   y: float) -> dict[str, TileInfo]:
         """Fill the panel for level-0 (x, y); returns the tiles found at each scale."""
         self._clear()
         tiles = lookup.at(x, y)
@@ -234,7 +236,8 @@ class EvidencePanel(QWidget):
         scale_names = [s["name"] if isinstance(s, dict) else str(s) for s in names]
         if finest.scale_weights is not None:
             w = finest.scale_weights
-            labels = scale_names if len(scale_names) == len(w) else [f"scale {i}" for i in range(len(w))]
+            labels = (scale_names if len(scale_names) == len(w)
+                      else [f"scale {i}" for i in range(len(w))])
             for name, value in zip(labels, w, strict=True):
                 bar = QProgressBar()
                 bar.setRange(0, 1000)

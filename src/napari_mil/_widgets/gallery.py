@@ -108,11 +108,12 @@ class GalleryPanel(QWidget):
         v = QVBoxLayout(cell)
         v.setContentsMargins(2, 2, 2, 2)
         thumb = QPushButton()
-        thumb.setToolTip(f"#{rank} {sm.name} tile {index}: {source} {value:.3f} — click to go there")
+        thumb.setToolTip(f"#{rank} {sm.name} tile {index}: {source} {value:.3f} "
+                         "— click to go there")
         if slide is not None:
             try:
-                thumb.setIcon(QIcon(rgb_pixmap(read_tile(slide, sm.coords_xy[index], sm.tile_size_level0,
-                                                   sm.scale.mpp), _THUMB_PX)))
+                crop = read_tile(slide, sm.coords_xy[index], sm.tile_size_level0, sm.scale.mpp)
+                thumb.setIcon(QIcon(rgb_pixmap(crop, _THUMB_PX)))
                 thumb.setIconSize(QSize(_THUMB_PX, _THUMB_PX))
             except Exception:  # noqa: BLE001 - a failed thumbnail must not break the gallery
                 thumb.setText(f"#{rank}")
@@ -134,7 +135,8 @@ class GalleryPanel(QWidget):
         for btn, mark in ((agree, "agree"), (disagree, "disagree")):
             btn.setCheckable(True)
             btn.setChecked(current == mark)
-            btn.clicked.connect(lambda checked, i=index, m=mark: self.mark(i, m if checked else None))
+            btn.clicked.connect(
+                lambda checked, i=index, m=mark: self.mark(i, m if checked else None))
             group.addButton(btn)
         marks.addWidget(label)
         marks.addWidget(agree)

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-__all__ = ["upsert_layer", "upsert_layers", "remove_layers", "find_layer"]
+__all__ = ["is_layer_type", "upsert_layer", "upsert_layers", "remove_layers", "find_layer"]
 
 _UPDATABLE = ("scale", "translate", "colormap", "contrast_limits", "metadata", "features",
               "edge_color", "text")
+
+
+def is_layer_type(layer, layer_type: str) -> bool:
+    """``layer`` is a napari layer of ``layer_type`` ("image", "shapes", …); proxies work."""
+    import napari.layers
+
+    cls = getattr(napari.layers, layer_type.capitalize(), None)
+    return cls is not None and isinstance(layer, cls)
 
 
 def find_layer(viewer, name: str):
@@ -22,7 +30,7 @@ def upsert_layer(viewer, data, kwargs: dict, layer_type: str):
     from napari.layers import Layer
 
     layer = find_layer(viewer, kwargs["name"])
-    if layer is not None and layer._type_string == layer_type:
+    if layer is not None and is_layer_type(layer, layer_type):
         if layer_type == "shapes":
             layer.data = []
             if "features" in kwargs:

@@ -36,19 +36,30 @@ def open_session(slide_path: Path, *, result: Path | None = None,
     from ..layers import result_layer_data, slide_layer_data
 
     slide = open_slide(slide_path, mpp=mpp)
+    res, ann_layers = None, []
+    try:  # read and check everything before a window exists
+        if result is not None:
+            res = load_result(result)
+            res.check_slide(slide)
+        for path in annotations:
+            ann_layers += annotations_to_layer_data(read_annotations(path), mpp=slide.mpp,
+                                                    name=Path(path).stem)
+    except BaseException:
+        slide.close()
+        raise
     viewer = napari.Viewer(title=f"napari-mil — {slide.name}", show=show)
-    add_layer_tuples(viewer, slide_layer_data(slide))
-    if result is not None:
-        res = load_result(result)
-        res.check_slide(slide)
-        add_layer_tuples(viewer, result_layer_data(res))
-        text = overlay(viewer, "text")
-        text.visible = True
-        text.text = "  ".join(
-            f"{c}: {p:.1%}" for c, p in zip(res.class_names, res.probabilities, strict=True))
-    for path in annotations:
-        anns = read_annotations(path)
-        add_layer_tuples(viewer, annotations_to_layer_data(anns, mpp=slide.mpp, name=Path(path).stem))
+    try:
+        add_layer_tuples(viewer, slide_layer_data(slide))
+        if res is not None:
+            add_layer_tuples(viewer, result_layer_data(res))
+            text = overlay(viewer, "text")
+            text.visible = True
+            text.text = "  ".join(
+                f"{c}: {p:.1%}" for c, p in zip(res.class_names, res.probabilities, strict=True))
+        add_layer_tuples(viewer, ann_layers)
+    except BaseException:
+        viewer.close()
+        raise
     overlay(viewer, "scale_bar").visible = True  # units come from the layers (µm)
     viewer.reset_view()
     return viewer

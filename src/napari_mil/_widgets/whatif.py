@@ -16,7 +16,8 @@ def shapes_to_level0_rc(layer, slide_mpp: float) -> list[np.ndarray]:
     """Each shape of a napari Shapes layer as (M, 2) level-0 (row, col) pixel-edge vertices."""
     scale = np.asarray(layer.scale[-2:], dtype=float)
     translate = np.asarray(layer.translate[-2:], dtype=float)
-    return [(np.asarray(v, float)[:, -2:] * scale + translate) / slide_mpp + 0.5 for v in layer.data]
+    return [(np.asarray(v, float)[:, -2:] * scale + translate) / slide_mpp + 0.5
+            for v in layer.data]
 
 
 class WhatIfPanel(QWidget):
@@ -67,7 +68,8 @@ class WhatIfPanel(QWidget):
 
     def _scale_map(self):
         result = self.dock.result
-        with_feats = [sm for sm in result.scales.values() if getattr(sm, "features", None) is not None]
+        with_feats = [sm for sm in result.scales.values()
+                      if getattr(sm, "features", None) is not None]
         if with_feats:
             return min(with_feats, key=lambda s: s.scale.mpp)
         return result.finest_scale

@@ -48,7 +48,8 @@ def start_run_worker(slide, model, settings, *, on_yield, on_return, on_error, o
         from ..inference.run import run_slide as run_fn
 
     worker = create_worker(drive, run_fn(slide, model, settings=settings),
-                           _worker_class=ClosingGeneratorWorker, _start_thread=False)
+                           _worker_class=ClosingGeneratorWorker, _start_thread=False,
+                           _ignore_errors=True)  # errors go to on_error (a notification)
     worker.yielded.connect(on_yield)
     worker.returned.connect(on_return)
     worker.errored.connect(on_error)

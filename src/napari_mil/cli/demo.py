@@ -22,14 +22,17 @@ SESSION_MODULE = "napari_mil._widgets.demo_session"
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("demo", help="open the sample slide and model in napari (or render off-screen)",
+    p = sub.add_parser("demo",
+                       help="open the sample slide and model in napari (or render off-screen)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--slide", type=Path, default=None, help="slide to show (default: bundled sample)")
+    p.add_argument("--slide", type=Path, default=None,
+                   help="slide to show (default: bundled sample)")
     p.add_argument("--model", type=Path, default=None, help="checkpoint to run (default: bundled)")
     p.add_argument("--out", type=Path, default=Path("napari-mil-demo"),
                    help="folder for screenshots and exports (default: ./napari-mil-demo)")
     p.add_argument("--offscreen", action="store_true",
-                   help="render without showing a window and write screenshots (default when no display)")
+                   help="render without showing a window and write screenshots "
+                        "(default when no display)")
     p.add_argument("--overwrite", action="store_true", help="replace files already in --out")
     p.set_defaults(func=run)
     return p

@@ -1,4 +1,5 @@
-"""``napari-mil infer``: a checkpoint over many slides on dask.distributed (see napari_mil.batch)."""
+"""``napari-mil infer``: a checkpoint over many slides on dask.distributed (see
+napari_mil.batch)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     where = p.add_mutually_exclusive_group()
     where.add_argument("--scheduler", help="address of a running dask scheduler (tcp://host:8786)")
     where.add_argument("--workers", type=int, default=1,
-                       help="worker processes of a local cluster (default 1; one per GPU when present)")
+                       help="worker processes of a local cluster "
+                            "(default 1; one per GPU when present)")
     p.add_argument("--device", default=Device.AUTO, choices=[d.value for d in Device])
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--min-tissue", type=float, default=0.25, help="tissue fraction a tile needs")
@@ -55,5 +57,6 @@ def run(args: argparse.Namespace) -> int:
         bar.close()
     failed = [o for o in outcomes if o.status is SlideStatus.FAILED]
     ok = len(outcomes) - len(failed)
-    print(f"{ok} of {len(outcomes)} slides done, {len(failed)} failed; summary: {args.out / 'summary.csv'}")
+    print(f"{ok} of {len(outcomes)} slides done, {len(failed)} failed; "
+          f"summary: {args.out / 'summary.csv'}")
     return 1 if failed else 0

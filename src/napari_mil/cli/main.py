@@ -35,7 +35,8 @@ EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 def build_parser(verbs: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="napari-mil",
-        description="Whole-slide MIL review: open slides, run models, compare with annotations, export.",
+        description="Whole-slide MIL review: open slides, run models, compare with annotations, "
+        "export.",
     )
     parser.add_argument("--version", action="version", version=f"napari-mil {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")

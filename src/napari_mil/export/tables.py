@@ -7,8 +7,6 @@ Layers at the same scale (same coordinates and tile size) share one object per t
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 from collections.abc import Sequence
@@ -18,7 +16,7 @@ import numpy as np
 
 from .._types import PathLike
 from ..errors import ExportError
-from ..io.atomic import atomic_write_text
+from ..io.atomic import atomic_write_csv, atomic_write_text
 from ..io.tile_maps import TileValues
 
 __all__ = ["tile_table", "write_tiles_csv", "write_tiles_geojson"]
@@ -69,23 +67,16 @@ def write_tiles_csv(
 ) -> Path:
     """CSV with one row per tile (see :func:`tile_table`)."""
     header, rows = tile_table(tile_maps)
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(header)
-    w.writerows(
+    cells = [
         [
-            [
-                (
-                    ""
-                    if isinstance(v, float) and math.isnan(v)
-                    else (repr(v) if isinstance(v, float) else v)
-                )
-                for v in r
-            ]
-            for r in rows
+            ""
+            if isinstance(v, float) and math.isnan(v)
+            else (repr(v) if isinstance(v, float) else v)
+            for v in r
         ]
-    )
-    return atomic_write_text(path, buf.getvalue(), overwrite=overwrite)
+        for r in rows
+    ]
+    return atomic_write_csv(path, header, cells, overwrite=overwrite)
 
 
 def write_tiles_geojson(

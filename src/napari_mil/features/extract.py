@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._progress import run_to_end
 from .._types import PathLike
 from ..config import Device, ScaleSpec
 from ..errors import ConfigError, ExtractorError
@@ -193,15 +194,6 @@ def extract_features(
         if entry is not None:
             entry.flush()
     return result(feats)
-
-
-def run_to_end(gen: Generator[Any, None, Any]) -> Any:
-    """Drive a progress generator to its end and return its result."""
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
 
 
 def extract_multiscale(

@@ -58,15 +58,21 @@ class ScaleMap:
             if value is not None:
                 arr = np.asarray(value, dtype=np.float32)
                 if arr.shape[0] != n:
-                    raise ResultError(f"{self.scale.name}: {name} has {arr.shape[0]} rows for {n} tiles.")
+                    raise ResultError(
+                        f"{self.scale.name}: {name} has {arr.shape[0]} rows for {n} tiles."
+                    )
                 object.__setattr__(self, name, arr)
         extras = {k: np.asarray(v) for k, v in dict(self.extras).items()}
         for key, arr in extras.items():
             if arr.shape[:1] != (n,):
-                raise ResultError(f"{self.scale.name}: extra {key!r} has {arr.shape[0]} rows for {n} tiles.")
+                raise ResultError(
+                    f"{self.scale.name}: extra {key!r} has {arr.shape[0]} rows for {n} tiles."
+                )
         object.__setattr__(self, "extras", extras)
         if self.features is not None and len(self.features) != n:
-            raise ResultError(f"{self.scale.name}: features have {len(self.features)} rows for {n} tiles.")
+            raise ResultError(
+                f"{self.scale.name}: features have {len(self.features)} rows for {n} tiles."
+            )
 
     def __len__(self) -> int:
         return len(self.coords_xy)
@@ -100,7 +106,9 @@ class SlideResult:
     settings: Mapping[str, Any] = field(default_factory=dict)
     reviews: Mapping[str, str] = field(default_factory=dict)  # "scale:index" -> agree|disagree
     elapsed_s: float = 0.0
-    created_utc: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    created_utc: str = field(
+        default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    )
     complete: bool = True
 
     def __post_init__(self) -> None:
@@ -110,7 +118,8 @@ class SlideResult:
         object.__setattr__(self, "slide_dimensions", tuple(int(v) for v in self.slide_dimensions))
         if len(self.class_names) and len(probs) != len(self.class_names):
             raise ResultError(
-                f"{len(probs)} probabilities for {len(self.class_names)} classes {self.class_names}."
+                f"{len(probs)} probabilities for {len(self.class_names)} classes "
+                f"{self.class_names}."
             )
 
     # -- reading -------------------------------------------------------------------------
@@ -125,22 +134,27 @@ class SlideResult:
     def finest_scale(self) -> ScaleMap:
         return min(self.scales.values(), key=lambda s: s.scale.mpp)
 
-    def tile_values(self, class_index: int | None = None) -> list:
-        """Every value layer as :class:`~napari_mil.io.tile_maps.TileValues` (for the
-        agreement metrics and the exports): instance scores and attention at each scale."""
+    def tile_values(self) -> list:
+        """Every value layer as :class:`~napari_mil.io.tile_maps.TileValues` (for the agreement
+        metrics and the exports): instance scores (one map per class when they are (N, C)) and
+        attention, at every scale."""
         from ..io.tile_maps import TileKind, TileValues
 
-        maps = []
+        out = []
         for name, sm in self.scales.items():
-            size = int(round(sm.tile_size_level0))
-            scores = sm.scores_for(class_index)
-            if scores is not None:
-                maps.append(TileValues(sm.coords_xy, size, scores, "instance_scores", name,
-                                       self.slide_mpp, TileKind.INSTANCE_SCORE))
+            common = dict(coords_xy=sm.coords_xy, tile_size=int(round(sm.tile_size_level0)),
+                          scale=name, mpp=self.slide_mpp)
+            s = sm.instance_scores
+            if s is not None and s.ndim == 1:
+                out.append(TileValues(values=s, name="instance scores", **common))
+            elif s is not None:
+                for c in range(s.shape[1]):
+                    cls = self.class_names[c] if c < len(self.class_names) else str(c)
+                    out.append(TileValues(values=s[:, c], name=f"instance scores {cls}", **common))
             if sm.attention is not None:
-                maps.append(TileValues(sm.coords_xy, size, sm.attention, "attention", name,
-                                       self.slide_mpp, TileKind.ATTENTION))
-        return maps
+                out.append(TileValues(values=sm.attention, name="attention",
+                                      kind=TileKind.ATTENTION, **common))
+        return out
 
     def with_reviews(self, reviews: Mapping[str, str]) -> SlideResult:
         """A copy with the pathologist's agree/disagree marks replaced."""
@@ -180,10 +194,14 @@ class SlideResult:
             },
         }
 
-    def save(self, path: PathLike, *, overwrite: bool = False, include_features: bool = False) -> Path:
+    def save(
+        self, path: PathLike, *, overwrite: bool = False, include_features: bool = False
+    ) -> Path:
         """Write the result as one ``.npz`` file, atomically; returns the path."""
         arrays: dict[str, np.ndarray] = {
-            _META_KEY: np.frombuffer(json.dumps(self._meta(), default=_json_default).encode(), np.uint8),
+            _META_KEY: np.frombuffer(
+                json.dumps(self._meta(), default=_json_default).encode(), np.uint8
+            ),
             "probabilities": self.probabilities,
         }
         for i, (_name, sm) in enumerate(self.scales.items()):
@@ -197,9 +215,8 @@ class SlideResult:
             if include_features and sm.features is not None:
                 arrays[f"s{i}/features"] = np.asarray(sm.features, dtype=np.float32)
         target = Path(path)
-        with atomic_path(target, overwrite=overwrite) as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez_compressed(fh, **arrays)
+        with atomic_path(target, overwrite=overwrite) as tmp, open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
         return target
 
 
@@ -222,7 +239,9 @@ def load_result(path: PathLike) -> SlideResult:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise ResultError(f"{path} is not a readable napari-mil result ({exc}); re-run the analysis.") from exc
+        raise ResultError(
+            f"{path} is not a readable napari-mil result ({exc}); re-run the analysis."
+        ) from exc
     try:
         meta = json.loads(arrays.pop(_META_KEY).tobytes().decode())
         if meta.get("format") != "napari-mil.SlideResult":
@@ -253,4 +272,6 @@ def load_result(path: PathLike) -> SlideResult:
     except ResultError:
         raise
     except (KeyError, TypeError, ValueError, UnicodeDecodeError) as exc:
-        raise ResultError(f"{path} is damaged or incomplete (missing {exc}); re-run the analysis.") from exc
+        raise ResultError(
+            f"{path} is damaged or incomplete (missing {exc}); re-run the analysis."
+        ) from exc

@@ -25,8 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .._types import PathLike
-from ..config import Device, ScaleSpec
+from ..config import Device
 from ..errors import ConfigError, ModelError
 from ..io.feature_set import FeatureSet
 from ..tiling.tissue import TissueMask, TissueParams
@@ -156,8 +155,8 @@ def _tile_stage(slide, settings: RunSettings) -> Generator[RunProgress, None, Ti
 
     yield RunProgress(RunStage.TISSUE, 0, 1, message="Detecting tissue")
     tissue = detect_tissue(slide, settings.tissue or TissueParams())
-    yield RunProgress(RunStage.TISSUE, 1, 1, message=f"Tissue covers {tissue.fraction:.0%} of the slide",
-                      tissue=tissue)
+    yield RunProgress(RunStage.TISSUE, 1, 1,
+                      message=f"Tissue covers {tissue.fraction:.0%} of the slide", tissue=tissue)
     return tissue
 
 
@@ -213,7 +212,8 @@ def _forward_bag(model, x, device, coords_xy: np.ndarray | None = None):
 
     kwargs = {}
     if coords_xy is not None and accepts_coords(model):
-        kwargs["coords"] = torch.as_tensor(coords_xy, dtype=torch.float32)[None].to(device)  # (1, N, 2)
+        coords = torch.as_tensor(coords_xy, dtype=torch.float32)[None]  # (1, N, 2)
+        kwargs["coords"] = coords.to(device)
     with torch.inference_mode():
         return model(torch.as_tensor(x)[None].to(device), **kwargs)
 
@@ -245,7 +245,8 @@ def _run_bag(slide, model, tissue, extractor, features, settings, device):
         fs = yield from _embed_with_partials(slide, model, grid, extractor, settings, device)
         coords, tile_size, feats = grid.coords_xy, grid.tile_size_level0, fs.features
         extractor_card = extractor.card.to_dict()
-    yield RunProgress(RunStage.MODEL, 0, 1, message=f"Running {model.card.architecture} on {len(feats)} tiles")
+    yield RunProgress(RunStage.MODEL, 0, 1,
+                      message=f"Running {model.card.architecture} on {len(feats)} tiles")
     out = _forward_bag(model, feats, device, coords)
     scores = None if out.instance_scores is None else _np(out.instance_scores[0])
     att = out.attention.get(scale.name)
@@ -343,7 +344,7 @@ def _run_pyramid(slide, model, tissue, extractor, settings, device):
         out = model.zoom(torch.from_numpy(coarse_fs.features)[None].to(device), embed_children,
                          {s.name: len(ms[s.name]) for s in scales})
     maps = {}
-    for i, s in enumerate(scales):
+    for s in scales:
         grid = ms[s.name]
         extras = {"embedded": embedded.get(s.name, np.zeros(len(grid), bool))}
         zoomed = out.extras.get(f"zoomed:{s.name}")
@@ -355,7 +356,8 @@ def _run_pyramid(slide, model, tissue, extractor, settings, device):
         att = out.attention.get(s.name)
         maps[s.name] = ScaleMap(s, grid.coords_xy, grid.tile_size_level0, None,
                                 None if att is None else _np(att[0]), extras,
-                                features=feats_by_scale.get(s.name) if settings.keep_features else None)
+                                features=(feats_by_scale.get(s.name)
+                                          if settings.keep_features else None))
     return maps, _probabilities(out), extractor.card.to_dict()
 
 
@@ -378,14 +380,17 @@ def model_probe(model):
     return _Probe()
 
 
-def run_slide(slide, model, *, extractor=None, features: FeatureSet | Mapping[str, FeatureSet] | None = None,
+def run_slide(slide, model, *, extractor=None,
+              features: FeatureSet | Mapping[str, FeatureSet] | None = None,
               settings: RunSettings | None = None) -> Generator[RunProgress, None, SlideResult]:
     """Analyse one slide with one model; see the module docstring."""
     from ..device import resolve_device
 
     settings = settings or RunSettings()
     if not hasattr(model, "card"):
-        raise ModelError("run_slide needs a model loaded with load_model (it carries a model card).")
+        raise ModelError(
+            "run_slide needs a model loaded with load_model (it carries a model card)."
+        )
     if not slide.mpp:
         from ..errors import MissingMppError
 

@@ -7,11 +7,14 @@ never replaced unless ``overwrite=True``.
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from .._types import PathLike
 from ..errors import ExportError
@@ -54,7 +57,9 @@ def atomic_path(path: PathLike, *, overwrite: bool = False, is_dir: bool = False
     target = check_writable(path, overwrite=overwrite)
     try:
         if is_dir:
-            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+            tmp = Path(
+                tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+            )
         else:
             fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
             os.close(fd)
@@ -104,3 +109,18 @@ def atomic_write_bytes(path: PathLike, data: bytes, *, overwrite: bool = False) 
 def atomic_write_text(path: PathLike, text: str, *, overwrite: bool = False) -> Path:
     """Write UTF-8 ``text`` to ``path`` atomically."""
     return atomic_write_bytes(path, text.encode("utf-8"), overwrite=overwrite)
+
+
+def atomic_write_csv(
+    path: PathLike,
+    header: Sequence[Any],
+    rows: Iterable[Sequence[Any]],
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Write a CSV (``\\n`` line ends) with ``header`` and ``rows`` to ``path`` atomically."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return atomic_write_text(path, buf.getvalue(), overwrite=overwrite)

@@ -175,6 +175,9 @@ class Slide:
     def __init__(self, path: PathLike, *, mpp: float | None = None,
                  decode_threads: int | None = None) -> None:
         self.path = Path(path)
+        if mpp is not None and not (isinstance(mpp, (int, float)) and math.isfinite(mpp)
+                                    and mpp > 0):
+            raise MissingMppError(f"mpp must be a positive number of µm per pixel, got {mpp!r}.")
         self.name = self.path.name.split(".")[0] if self.path.name.lower().endswith(
             (".ome.tif", ".ome.tiff")) else self.path.stem
         self._closed = False
@@ -193,13 +196,7 @@ class Slide:
         self.vendor = info.vendor
         self.magnification = info.magnification
         self.mpp_source = "user" if mpp is not None else info.mpp_source
-        if mpp is not None:
-            if not (isinstance(mpp, (int, float)) and math.isfinite(mpp) and mpp > 0):
-                raise MissingMppError(
-                    f"mpp must be a positive number of µm per pixel, got {mpp!r}.")
-            self.mpp: float | None = float(mpp)
-        else:
-            self.mpp = info.mpp_x
+        self.mpp: float | None = float(mpp) if mpp is not None else info.mpp_x
         if self.mpp is None:
             warnings.warn(
                 f"{self.path.name} does not record its pixel size (µm/px): positions and "
@@ -217,17 +214,14 @@ class Slide:
         self.level_count = len(readers)
         self.level_dimensions = tuple((r.width, r.height) for r in readers)
         self.level_downsamples = tuple(float(d) for d in native_ds)
-        self.content_hash = content_fingerprint(
-            self.path if self.path.is_file() else self._index_file(),
-            extra=f"{self.dimensions}|{self.level_dimensions[: self.native_level_count]}")
-        tag = self.content_hash[:16]
+        native_dims = self.level_dimensions[: self.native_level_count]
+        self.content_hash = content_fingerprint(self.path, extra=f"{self.dimensions}|{native_dims}")
+        # graph names: content + this open slide (two open copies never share dask keys)
+        tag = f"{self.content_hash[:12]}-{id(self):x}"
         self.pyramid = [_pyr.level_to_dask(r, f"napari-mil-{tag}-level{i}")
                         for i, r in enumerate(readers)]
 
     # ------------------------------------------------------------------ backends
-    def _index_file(self) -> Path:
-        return self.path
-
     def _open_backend(self):
         try:
             return self._open_tiffslide()
@@ -357,12 +351,12 @@ class Slide:
             out[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] = reader.read(cy0, cy1, cx0, cx1)
         return out
 
-    def get_thumbnail(self, max_size: int = 1024) -> np.ndarray:
-        """The smallest level whose long side is ≥ ``max_size`` is read whole (or the smallest)."""
-        lvl = self.level_count - 1
+    def get_thumbnail(self, min_size: int = 1024) -> np.ndarray:
+        """The coarsest level whose long side is ≥ ``min_size`` (else level 0), read whole."""
+        lvl = 0
         for i in range(self.level_count - 1, -1, -1):
-            lvl = i
-            if max(self.level_dimensions[i]) >= max_size:
+            if max(self.level_dimensions[i]) >= min_size:
+                lvl = i
                 break
         w, h = self.level_dimensions[lvl]
         return self.read_region((0, 0), lvl, (w, h))
@@ -382,7 +376,7 @@ class Slide:
         return self.require_mpp() * self.level_downsamples[self._level_index(level)]
 
     def best_level_for_downsample(self, downsample: float) -> int:
-        """The finest... rather, the coarsest level whose downsample is ≤ ``downsample``."""
+        """The coarsest level whose downsample is ≤ ``downsample`` (as openslide does)."""
         best = 0
         for i, ds in enumerate(self.level_downsamples):
             if ds <= downsample * (1 + 1e-6):

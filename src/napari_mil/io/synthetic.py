@@ -14,9 +14,7 @@ Everything is deterministic per seed: the same spec writes the same bytes.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import os
 import uuid
@@ -26,9 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .._progress import run_to_end
 from .._types import PathLike
 from ..errors import ConfigError
-from .atomic import atomic_write_text, check_writable
+from .atomic import atomic_write_csv, atomic_write_text, check_writable
 from .synthetic_render import GLASS_RGB, PrefetchRenderer, SceneRenderer
 from .synthetic_scene import LesionType, Scene, SyntheticSlideSpec, build_scene
 
@@ -271,12 +270,8 @@ def plan_cohort(
 def write_labels_csv(path: PathLike, slides: Sequence[GeneratedSlide], *,
                      overwrite: bool = False) -> Path:
     """``slide,label,lesion_type`` per slide (slide = file stem), written atomically."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["slide", "label", "lesion_type"])
-    for s in slides:
-        writer.writerow([s.name, s.label, s.lesion_type])
-    return atomic_write_text(path, buf.getvalue(), overwrite=overwrite)
+    rows = [[s.name, s.label, s.lesion_type] for s in slides]
+    return atomic_write_csv(path, ["slide", "label", "lesion_type"], rows, overwrite=overwrite)
 
 
 def iter_cohort(outdir: PathLike, n: int, seed: int, *, overwrite: bool = False,
@@ -318,8 +313,4 @@ def generate_cohort(
     gen = iter_cohort(outdir, n, seed, overwrite=overwrite, size=size, size_range=size_range,
                       lesion_types=lesion_types, positive_fraction=positive_fraction,
                       **spec_kwargs)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    return run_to_end(gen)

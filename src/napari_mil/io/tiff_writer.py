@@ -45,7 +45,9 @@ class _Level:
     height: int
 
 
-def pyramid_downsamples(width: int, height: int, *, factor: int = 4, min_size: int = 512) -> list[int]:
+def pyramid_downsamples(
+    width: int, height: int, *, factor: int = 4, min_size: int = 512
+) -> list[int]:
     """Downsamples 1, f, f², … while the level is larger than ``min_size`` on its long side."""
     out = [1]
     while max(width, height) / (out[-1] * factor) >= min_size:
@@ -180,7 +182,8 @@ def write_pyramidal_tiff(
                      photometric=photometric, compression=comp, compressionargs=comp_args,
                      metadata=None)
             for lvl in levels[1:]:
-                desc = _aperio_description(lvl.width, lvl.height, tile_size, (mpp or 0) * lvl.downsample, mag)
+                desc = _aperio_description(lvl.width, lvl.height, tile_size,
+                                           (mpp or 0) * lvl.downsample, mag)
                 tw.write(level_tiles(lvl), description=desc, **page_kwargs(lvl))
             for kind, subfiletype in (("label", 1), ("macro", 9)):
                 if kind in assoc:

@@ -177,7 +177,12 @@ class TiledLevel:
         if missing:
             pool = self.pool
             if pool is not None and len(missing) >= PARALLEL_MIN_TILES:
-                tiles.update(zip(missing, pool.map(self._new_tile, missing), strict=True))
+                try:
+                    decoded = list(pool.map(self._new_tile, missing))
+                except RuntimeError as exc:  # the pool was shut down: the slide is closed
+                    raise SlideError(f"{self.key}: the slide was closed while reading; "
+                                     "open it again with open_slide().") from exc
+                tiles.update(zip(missing, decoded, strict=True))
             else:
                 for c in missing:
                     tiles[c] = self._new_tile(c)

@@ -1,31 +1,73 @@
-"""Small helpers shared by MIL architectures: input checks, masked softmax, per-bag loops,
-tile-lattice adjacency."""
+"""Small helpers and building blocks shared by the MIL architectures: input checks, masked
+softmax / pooling, per-bag loops, tile-lattice adjacency, small MLP and gated-attention blocks.
+
+Masks are ``(B, N)`` bool tensors, True where an instance is real. Two families of helpers:
+
+* strict (torchmil adapters, parity with torchmil): :func:`check_bag` rejects empty bags and
+  bags with no real instance; :func:`masked_softmax` gives padded entries exactly 0;
+* lenient (the project's own models): :func:`bag_mask`, :func:`safe_masked_softmax`,
+  :func:`masked_max`, :func:`masked_mean` treat a bag whose instances are all padding as
+  harmless (zeros out, no NaN).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 import torch
+from torch import nn
 
 from ..errors import ModelError
 
 __all__ = [
+    "NEG_LARGE",
+    "GatedAttention",
+    "bag_mask",
     "check_bag",
-    "masked_softmax",
-    "iter_bags",
-    "scatter_bags",
+    "example_inputs",
     "grid_adjacency",
     "identity_adjacency",
+    "iter_bags",
+    "masked_max",
+    "masked_mean",
+    "masked_softmax",
+    "mlp",
+    "safe_masked_softmax",
+    "scatter_bags",
 ]
+
+#: added to scores of padded instances (finite, so no NaN in softmax / top-k backward)
+NEG_LARGE = -1e4
+
+_LAYOUTS = {3: "(B, N, D)", 4: "(B, N, S, D)"}
+
+
+def _check_rank(x: torch.Tensor, ndim: int) -> None:
+    """Raise unless ``x`` is a tensor with ``ndim`` dimensions (a batch of bags)."""
+    if not isinstance(x, torch.Tensor) or x.dim() != ndim:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        layout = _LAYOUTS.get(ndim, f"{ndim}-dimensional (B, N, ...)")
+        raise ModelError(
+            f"MIL input must be a {layout} tensor, got {shape}: add a batch axis with "
+            "x.unsqueeze(0)."
+        )
+
+
+def _check_mask(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``mask`` as a bool tensor on ``x``'s device; raise unless it is ``(B, N)`` of ``x``."""
+    if tuple(mask.shape) != tuple(x.shape[:2]):
+        raise ModelError(
+            f"mask shape {tuple(mask.shape)} does not match the bag {tuple(x.shape[:2])}."
+        )
+    return mask.to(device=x.device, dtype=torch.bool)
 
 
 def check_bag(
     x: torch.Tensor, mask: torch.Tensor | None, in_dim: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Validate ``x (B, N, D)`` and ``mask (B, N)``; returns ``mask`` as bool (or None)."""
-    if not isinstance(x, torch.Tensor) or x.dim() != 3:
-        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ModelError(f"MIL input must be a (B, N, D) tensor, got {shape}: add a batch axis.")
+    """Validate ``x (B, N, D)`` and ``mask (B, N)`` strictly (no empty bag, no bag without a
+    real instance); returns ``(x, mask as bool or None)``."""
+    _check_rank(x, 3)
     if in_dim is not None and x.shape[-1] != in_dim:
         raise ModelError(
             f"The model expects {in_dim}-dimensional features but got {x.shape[-1]}: use the "
@@ -35,21 +77,75 @@ def check_bag(
         raise ModelError("The bag is empty (N = 0): there is nothing to score.")
     if mask is None:
         return x, None
-    if tuple(mask.shape) != tuple(x.shape[:2]):
-        raise ModelError(
-            f"mask shape {tuple(mask.shape)} does not match the bag {tuple(x.shape[:2])}."
-        )
-    mask = mask.to(device=x.device, dtype=torch.bool)
+    mask = _check_mask(x, mask)
     if not bool(mask.any(dim=1).all()):
         raise ModelError("A bag in the batch has no real instance (its mask is all False).")
     return x, mask
 
 
+def bag_mask(x: torch.Tensor, mask: torch.Tensor | None, *, ndim: int = 3) -> torch.Tensor:
+    """Validate a padded bag batch ``x (B, N, ...)`` with ``ndim`` dimensions and return its
+    bool mask ``(B, N)`` (all True when ``mask`` is None); all-padding bags are allowed."""
+    _check_rank(x, ndim)
+    if mask is None:
+        return torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+    return _check_mask(x, mask)
+
+
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Softmax over dim 1 of ``scores (B, N)``; padded entries get exactly 0."""
+    """Softmax over dim 1 of ``scores (B, N)``; padded entries get exactly 0 (every bag needs a
+    real instance, as :func:`check_bag` ensures)."""
     if mask is None:
         return torch.softmax(scores, dim=1)
     return torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=1)  # (B, N)
+
+
+def safe_masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Softmax over ``dim`` ignoring masked entries; all-masked rows give zeros."""
+    scores = scores.masked_fill(~mask, NEG_LARGE)
+    weights = torch.softmax(scores, dim=dim) * mask
+    return weights / weights.sum(dim=dim, keepdim=True).clamp_min(1e-12)
+
+
+def masked_max(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Max over the instance axis (dim 1) of ``values`` (B, N, ...); returns (max, argmax)."""
+    m = mask.view(*mask.shape, *([1] * (values.ndim - 2)))
+    filled = values.masked_fill(~m, NEG_LARGE)
+    return filled.max(dim=1)
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the instance axis (dim 1) of ``values`` (B, N, ...)."""
+    m = mask.view(*mask.shape, *([1] * (values.ndim - 2))).to(values.dtype)
+    return (values * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+def mlp(in_dim: int, hidden_dim: int, *, layers: int = 1, dropout: float = 0.0) -> nn.Sequential:
+    """``layers`` × (Linear → ReLU → Dropout) from ``in_dim`` to ``hidden_dim``."""
+    mods: list[nn.Module] = []
+    dim = in_dim
+    for _ in range(layers):
+        mods += [nn.Linear(dim, hidden_dim), nn.ReLU()]
+        if dropout > 0:
+            mods.append(nn.Dropout(dropout))
+        dim = hidden_dim
+    return nn.Sequential(*mods)
+
+
+class GatedAttention(nn.Module):
+    """Gated attention scores of Ilse et al. (2018): ``w^T (tanh(V h) ⊙ σ(U h))``."""
+
+    def __init__(self, in_dim: int, hidden_dim: int = 128, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.v = nn.Linear(in_dim, hidden_dim)
+        self.u = nn.Linear(in_dim, hidden_dim)
+        self.w = nn.Linear(hidden_dim, 1)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """Raw (unnormalised) scores ``(...,)`` for features ``(..., in_dim)``."""
+        gate = torch.tanh(self.v(h)) * torch.sigmoid(self.u(h))  # (..., H)
+        return self.w(self.drop(gate)).squeeze(-1)  # (...)
 
 
 def iter_bags(

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
-from ._layers import GatedAttention, check_bag, masked_softmax, mlp
+from ._common import GatedAttention, bag_mask, mlp, safe_masked_softmax
 from .focusmil import instance_probabilities
 from .output import MILOutput
 from .registry import register_model
@@ -66,7 +66,7 @@ class CSMIL(nn.Module):
         self.classifier = nn.Linear(hidden_dim, n_classes)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> MILOutput:
-        mask = check_bag(x, mask, ndim=4)
+        mask = bag_mask(x, mask, ndim=4)
         if x.shape[2] != len(self.scales):
             raise ModelError(
                 f"CS-MIL was built for {len(self.scales)} scales {self.scales} but the bag has "
@@ -76,7 +76,7 @@ class CSMIL(nn.Module):
         scale_logits = self.scale_attention(h)  # (B, N, S)
         r = torch.softmax(scale_logits, dim=-1)  # (B, N, S)
         fused = (r.unsqueeze(-1) * h).sum(2)  # (B, N, H)
-        a = masked_softmax(self.instance_attention(fused), mask)  # (B, N)
+        a = safe_masked_softmax(self.instance_attention(fused), mask)  # (B, N)
         bag = (a.unsqueeze(-1) * fused).sum(1)  # (B, H)
         logits = self.classifier(bag)  # (B, C)
         inst = instance_probabilities(self.classifier(fused)).masked_fill(~mask, 0.0)  # (B, N)

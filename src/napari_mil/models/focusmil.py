@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._layers import check_bag, masked_max, masked_mean, mlp
+from ._common import bag_mask, masked_max, masked_mean, mlp
 from .output import MILOutput
 from .registry import register_model
 
@@ -63,7 +63,7 @@ class MiNet(nn.Module):
         self.classifier = nn.Linear(hidden_dim, n_classes)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> MILOutput:
-        mask = check_bag(x, mask)
+        mask = bag_mask(x, mask)
         inst_logits = self.classifier(self.encoder(x))  # (B, N, C)
         return _max_pool_output(inst_logits, mask)
 
@@ -102,7 +102,7 @@ class FocusMIL(nn.Module):
         return self.mu(h), self.logvar(h).clamp(-10.0, 10.0)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> MILOutput:
-        mask = check_bag(x, mask)
+        mask = bag_mask(x, mask)
         mu, logvar = self.encode(x)  # (B, N, Z) each
         if self.training:
             z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)  # (B, N, Z)

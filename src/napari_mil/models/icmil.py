@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
-from ._layers import GatedAttention, check_bag, masked_max, masked_softmax, mlp
+from ._common import GatedAttention, bag_mask, masked_max, mlp, safe_masked_softmax
 from .focusmil import instance_probabilities
 from .output import MILOutput
 from .registry import register_model
@@ -79,7 +79,7 @@ class ICMILHead(nn.Module):
         return self.classifier(self.embed(feats))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> MILOutput:
-        mask = check_bag(x, mask)
+        mask = bag_mask(x, mask)
         h = self.embed(x)  # (B, N, H)
         inst_logits = self.classifier(h)  # (B, N, C)
         scores = instance_probabilities(inst_logits).masked_fill(~mask, 0.0)  # (B, N)
@@ -91,7 +91,7 @@ class ICMILHead(nn.Module):
                 mask=mask,
                 extras={"instance_logits": inst_logits},
             )
-        a = masked_softmax(self.attention(h), mask)  # (B, N)
+        a = safe_masked_softmax(self.attention(h), mask)  # (B, N)
         logits = self.classifier((a.unsqueeze(-1) * h).sum(1))  # (B, C)
         return MILOutput(
             logits=logits,

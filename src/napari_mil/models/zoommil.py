@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
-from ._layers import NEG_LARGE, GatedAttention, masked_softmax, mlp
+from ._common import NEG_LARGE, GatedAttention, mlp, safe_masked_softmax
 from .output import MILOutput
 from .registry import register_model
 
@@ -128,7 +128,7 @@ class ZoomMIL(nn.Module):
     def _attend(self, level: int, feats: torch.Tensor, mask: torch.Tensor):
         h = self.proj[level](feats)  # (B, M, H)
         scores = self.attn[level](h).masked_fill(~mask, NEG_LARGE)  # (B, M)
-        a = masked_softmax(scores, mask)  # (B, M)
+        a = safe_masked_softmax(scores, mask)  # (B, M)
         return scores, a, (a.unsqueeze(-1) * h).sum(1)  # (B, M), (B, M), (B, H)
 
     def _select_hard(self, scores: torch.Tensor, mask: torch.Tensor, gidx: torch.Tensor, k: int):

@@ -31,7 +31,7 @@ import numpy as np
 import shapely
 
 from ...errors import AnnotationError
-from .model import RGB, Annotation, SkippedItem, check_geometry, default_color
+from .model import RGB, Annotation, SkippedItem, check_geometry, default_color, rgb_from_int
 
 __all__ = ["parse_asap", "dumps_asap", "safe_parse_xml", "looks_like_asap"]
 
@@ -93,8 +93,7 @@ def _color(v: str | None, what: str) -> RGB | None:
     m = _HEX.match(v.strip())
     if not m:
         raise _Bad(f"{what} {v[:20]!r} is not a colour like #FF0000")
-    n = int(m.group(1), 16)
-    return ((n >> 16) & 255, (n >> 8) & 255, n & 255)
+    return rgb_from_int(int(m.group(1), 16))
 
 
 def _float(v: str | None, what: str) -> float:

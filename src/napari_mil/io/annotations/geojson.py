@@ -27,6 +27,7 @@ from .model import (
     SkippedItem,
     check_geometry,
     is_finite_number,
+    rgb_from_int,
 )
 
 __all__ = [
@@ -156,8 +157,7 @@ def geometry_to_geojson(geom: BaseGeometry) -> dict:
 
 def _rgb(v: Any, what: str) -> RGB:
     if isinstance(v, int) and not isinstance(v, bool):  # packed (A)RGB, signed or not
-        v &= 0xFFFFFF
-        return ((v >> 16) & 255, (v >> 8) & 255, v & 255)
+        return rgb_from_int(v)
     if (
         isinstance(v, list)
         and len(v) in (3, 4)

@@ -30,6 +30,7 @@ __all__ = [
     "SkippedItem",
     "check_geometry",
     "default_color",
+    "rgb_from_int",
 ]
 
 RGB = tuple[int, int, int]
@@ -72,6 +73,11 @@ def default_color(class_name: str | None) -> RGB:
         return (255, 255, 0)
     h = sum((i + 1) * ord(c) for i, c in enumerate(class_name))
     return _PALETTE[h % len(_PALETTE)]
+
+
+def rgb_from_int(value: int) -> RGB:
+    """``(r, g, b)`` of a packed 0xRRGGBB / 0xAARRGGBB integer (signed or not; alpha dropped)."""
+    return ((value >> 16) & 255, (value >> 8) & 255, value & 255)
 
 
 @dataclass(frozen=True)
