@@ -67,13 +67,13 @@ def bags_for(slides, extractor) -> dict[str, list[Bag]]:
 
 
 MODELS = {
-    "abmil": ("bag", TrainConfig(model="abmil", epochs=80, lr=5e-4, patience=20)),
-    "focusmil": ("bag", TrainConfig(model="focusmil", epochs=80, lr=5e-4, patience=20,
+    "abmil": ("bag", TrainConfig(model="abmil", epochs=80, lr=5e-4, patience=20, monitor="loss")),
+    "focusmil": ("bag", TrainConfig(model="focusmil", epochs=80, lr=5e-4, patience=20, monitor="loss",
                                     batch_size=4)),
-    "csmil": ("concentric", TrainConfig(model="csmil", epochs=80, lr=5e-4, patience=20,
+    "csmil": ("concentric", TrainConfig(model="csmil", epochs=80, lr=5e-4, patience=20, monitor="loss",
                                         model_kwargs={"scales": ["20x", "10x", "5x"]},
                                         scales=("20x", "10x", "5x"))),
-    "zoommil": ("pyramid", TrainConfig(model="zoommil", epochs=80, lr=5e-4, patience=20,
+    "zoommil": ("pyramid", TrainConfig(model="zoommil", epochs=80, lr=5e-4, patience=20, monitor="loss",
                                        model_kwargs={"scales": ["5x", "20x"], "top_k": 8},
                                        scales=("5x", "20x"))),
 }

@@ -114,12 +114,13 @@ def test_dask_level_behaves_like_a_dask_array(make_slide):
 def test_concurrent_reads_are_consistent(make_slide):
     path = make_slide("t.svs", size=(2048, 2048), downsamples=[1])
     rng = np.random.default_rng(3)
-    boxes = [(int(x), int(y), int(lvl)) for x, y, lvl in zip(
+    boxes = [(int(x), int(y), int(lvl)) for x, y, lvl in zip(  # 300 × 200 px: ≥ 4 tiles
         rng.integers(-100, 2000, 200), rng.integers(-100, 2000, 200),
         rng.integers(0, 2, 200), strict=True)]
     with open_slide(path) as slide:
         expected = [slide.read_region((x, y), lvl, (300, 200)) for x, y, lvl in boxes]
-    with open_slide(path) as slide:
+    # the second slide also decodes the tiles of each read on its own 2-thread pool
+    with open_slide(path, decode_threads=2) as slide:
         slide._cache.max_bytes = 2 * 2**20  # force evictions while threads race
 
         def read(box):

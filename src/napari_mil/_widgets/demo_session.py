@@ -54,8 +54,20 @@ def _wait(dock, timeout_s: float = 1800.0) -> None:
 
 
 def _zoom_to(viewer, xy_level0, mpp: float, zoom_level0: float = 1.0) -> None:
-    viewer.camera.center = (xy_level0[1] * mpp, xy_level0[0] * mpp)
-    viewer.camera.zoom = zoom_level0 / mpp
+    from .evidence import camera_of
+
+    camera = camera_of(viewer)
+    camera.center = (xy_level0[1] * mpp, xy_level0[0] * mpp)
+    camera.zoom = zoom_level0 / mpp
+
+
+def _window_size(viewer, width: int = 1600, height: int = 1000) -> None:
+    """A window as large as the virtual screen, so screenshots show the slide, not the docks."""
+    qt_window = getattr(viewer.window, "_qt_window", None)
+    if qt_window is not None:
+        qt_window.resize(width, height)
+        settle(viewer)
+        viewer.reset_view()
 
 
 def _analyse(viewer, model_path: Path):
@@ -69,6 +81,7 @@ def _analyse(viewer, model_path: Path):
 
 def _real_slide_part(slide_path: Path, model_path: Path | None, out: Path, ow: bool) -> list[Path]:
     viewer = open_session(slide_path, show=True)
+    _window_size(viewer)
     written = [save_screenshot(viewer, out / "01_slide.png", overwrite=ow)]
     if model_path is not None:
         dock = _analyse(viewer, model_path)
@@ -99,14 +112,19 @@ def _synthetic_part(model_path: Path, out: Path, ow: bool) -> list[Path]:
     from ..export.tables import write_tiles_csv, write_tiles_geojson
     from ..io.annotations import read_annotations
 
+    from ..io.annotations.napari_convert import annotations_to_layer_data
+
     slide_path, _spec = _ensure_synthetic(sample_cache_dir())
     truth_path = slide_path.with_suffix(".geojson")
-    viewer = open_session(slide_path, annotations=[truth_path], show=True)
+    truth = read_annotations(truth_path)
+    classes = [c for c in LESION_CLASSES if c in truth.classes]
+    viewer = open_session(slide_path, show=True)
+    _window_size(viewer)
     dock = _analyse(viewer, model_path)
     result = dock.result
+    add_layer_tuples(viewer, annotations_to_layer_data(
+        truth.filter(classes=classes), mpp=result.slide_mpp, name="ground-truth lesions"))
     written = [save_screenshot(viewer, out / "05_synthetic_lesions_vs_model.png", overwrite=ow)]
-    truth = read_annotations(truth_path)
-    classes = [c for c in LESION_CLASSES if c in {a.classification for a in truth}]
     maps = result.tile_values()
     table = agreement_table(maps, truth, positive_classes=classes)
     report = {"slide": result.slide_name, "model": result.model_card.get("architecture"),

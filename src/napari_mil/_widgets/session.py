@@ -43,7 +43,7 @@ def open_session(slide_path: Path, *, result: Path | None = None,
             res.check_slide(slide)
         for path in annotations:
             ann_layers += annotations_to_layer_data(read_annotations(path), mpp=slide.mpp,
-                                                    name=Path(path).stem)
+                                                    name=f"{Path(path).stem} · annotations")
     except BaseException:
         slide.close()
         raise

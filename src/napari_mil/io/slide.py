@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
-import os
 import threading
 import warnings
 from collections.abc import Iterator, Mapping
@@ -184,7 +183,7 @@ class Slide:
         self._lock = threading.Lock()
         self._cache = TileCache(TILE_CACHE_BYTES)
         self._fh: FileHandle | None = None
-        n = min(4, os.cpu_count() or 1) if decode_threads is None else int(decode_threads)
+        n = 1 if decode_threads is None else int(decode_threads)
         self._pool = (ThreadPoolExecutor(n, thread_name_prefix=f"decode-{self.path.stem}")
                       if n > 1 else None)
         self._ts = None
@@ -448,8 +447,10 @@ def open_slide(path: PathLike, *, mpp: float | None = None,
                decode_threads: int | None = None) -> Slide:
     """Open a whole-slide image; ``mpp`` (µm/px at level 0) overrides the file's metadata.
 
-    ``decode_threads``: threads that decode the tiles of one large read in parallel
-    (default: up to 4, the CPU count; 1 decodes in the calling thread only).
+    ``decode_threads``: threads that decode the missing tiles of one large read in parallel.
+    The default (1) decodes in the calling thread: callers that read many regions (napari,
+    tiling, feature extraction) already bring their own threads, and on a busy machine the
+    hand-off costs more than it gains (see bench/slide_io.py).
 
     Raises :class:`SlideNotFoundError`, :class:`UnsupportedSlideError` (not a slide) or
     :class:`CorruptSlideError` (empty, truncated, damaged); warns with

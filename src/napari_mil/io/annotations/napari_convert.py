@@ -181,6 +181,9 @@ def annotations_to_layer_data(
     pts = _points_layer(points, name, scale)
     if pts is not None:
         out.append(pts)
+    if mpp:  # in µm like the slide, so napari keeps a µm scale bar
+        for _data, kwargs, _kind in out:
+            kwargs["units"] = ("um", "um")
     return out
 
 
