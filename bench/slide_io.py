@@ -304,7 +304,7 @@ def main(argv=None) -> int:
         path = synthetic_slide(sname)
         readers = make_window_readers(path)
         size = int(sname[:-1]) * 1000
-        res: dict = {"path": str(path), "windows_per_s": {}, "full_pass_mb_s": {}}
+        res: dict = {"path": path.name, "windows_per_s": {}, "full_pass_mb_s": {}}
         for threads in (1, 2):
             per: dict[str, list[float]] = {k: [] for k in readers}
             for rep in range(repeats):
