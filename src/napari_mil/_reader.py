@@ -14,13 +14,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .io import SLIDE_SUFFIXES
+
 __all__ = ["napari_get_reader", "read_slide"]
 
 log = logging.getLogger(__name__)
 
-#: extensions this reader claims (lower case); .tif/.tiff are checked for tiling too
-SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif", ".svslide", ".vms",
-                  ".vmu", ".mrxs", ".qptiff")
 
 LayerData = tuple[Any, dict, str]
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from ._types import PathLike
 from .errors import ConfigError, NapariMilError
+from .io import SLIDE_SUFFIXES
 from .io.atomic import atomic_write_csv, atomic_write_text
 
 __all__ = ["SlideStatus", "SlideOutcome", "expand_slides", "check_unique_keys", "process_slide",
@@ -32,7 +33,6 @@ log = logging.getLogger(__name__)
 
 DONE = "done.json"
 OUTPUTS = ("result.npz", "tiles.csv", "tiles.geojson", "heatmap.ome.tif", "heatmap.ome.tif.json")
-SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif", ".mrxs", ".vms", ".qptiff")
 
 
 class SlideStatus(StrEnum):

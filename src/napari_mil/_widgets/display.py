@@ -10,6 +10,8 @@ from qtpy.QtCore import Qt
 from qtpy.QtGui import QImage, QPixmap
 from qtpy.QtWidgets import QGridLayout, QHBoxLayout, QLabel, QProgressBar, QVBoxLayout, QWidget
 
+from ..io import SLIDE_SUFFIXES
+
 __all__ = ["ProbabilityView", "ColorBar", "colormap_rgba", "card_html", "fmt_eta", "slide_path_of"]
 
 
@@ -132,7 +134,6 @@ def slide_path_of(layer) -> str | None:
     if slide is not None and hasattr(slide, "path"):
         return str(slide.path)
     src = getattr(getattr(layer, "source", None), "path", None)
-    if src and Path(src).suffix.lower() in {".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif",
-                                            ".mrxs", ".qptiff", ".vms", ".vmu", ".svslide"}:
+    if src and Path(src).suffix.lower() in SLIDE_SUFFIXES:
         return str(src)
     return None
