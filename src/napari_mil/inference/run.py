@@ -144,9 +144,14 @@ def _partial_scores(model, feats: np.ndarray, device, coords_xy: np.ndarray | No
     out = _forward_bag(model, feats, device, coords_xy)
     if out.instance_scores is not None:
         return out.instance_scores[0].float().cpu().numpy()
-    att = next(iter(out.attention.values()))[0].float().cpu().numpy() if out.attention else None
-    if att is None:
+    if not out.attention:
         return np.full(len(feats), np.nan, np.float32)
+    return _relative(next(iter(out.attention.values()))[0])
+
+
+def _relative(attention) -> np.ndarray:
+    """Attention (N,) rescaled to [0, 1] by its maximum, for display beside scores."""
+    att = attention.float().cpu().numpy()
     return att / max(float(att.max()), 1e-12)
 
 
@@ -168,9 +173,12 @@ def _order(grid, settings: RunSettings) -> np.ndarray | None:
     return viewport_order(grid.coords_xy, grid.tile_size_level0, settings.viewport_xywh)
 
 
-def _embed_with_partials(slide, model, grid, extractor, settings: RunSettings, device,
+def _embed_with_partials(slide, score_partial, grid, extractor, settings: RunSettings, device,
                          ) -> Generator[RunProgress, None, FeatureSet]:
-    """Extract features of ``grid``; yield progress and partial instance scores."""
+    """Extract features of ``grid``; yield progress and partial instance scores.
+
+    ``score_partial(features (M, D), coords_xy (M, 2)) -> (M,)`` scores the tiles embedded so far.
+    """
     from ..features.extract import extract_features
 
     n = len(grid)
@@ -195,7 +203,7 @@ def _embed_with_partials(slide, model, grid, extractor, settings: RunSettings, d
             if now - last >= settings.partial_interval_s or prog.done == n:
                 last = now
                 idx = np.flatnonzero(have)
-                scores = _partial_scores(model, feats[idx], device, grid.coords_xy[idx])
+                scores = score_partial(feats[idx], grid.coords_xy[idx])
                 partial = ScaleMap(grid.spec.scale, grid.coords_xy[idx], grid.tile_size_level0,
                                    instance_scores=scores)
             yield RunProgress(RunStage.FEATURES, prog.done, n, rate, eta,
@@ -242,7 +250,9 @@ def _run_bag(slide, model, tissue, extractor, features, settings, device):
         yield RunProgress(RunStage.TILING, 0, 1, message=f"Tiling at {scale.name}")
         grid = make_grid(slide, GridSpec(scale, settings.min_tissue), tissue)
         yield RunProgress(RunStage.TILING, 1, 1, message=f"{len(grid)} tiles at {scale.name}")
-        fs = yield from _embed_with_partials(slide, model, grid, extractor, settings, device)
+        fs = yield from _embed_with_partials(
+            slide, lambda f, c: _partial_scores(model, f, device, c), grid, extractor, settings,
+            device)
         coords, tile_size, feats = grid.coords_xy, grid.tile_size_level0, fs.features
         extractor_card = extractor.card.to_dict()
     yield RunProgress(RunStage.MODEL, 0, 1,
@@ -317,7 +327,12 @@ def _run_pyramid(slide, model, tissue, extractor, settings, device):
     yield RunProgress(RunStage.TILING, 1, 1, message=", ".join(
         f"{len(ms[s.name])} tiles at {s.name}" for s in scales))
     coarse = ms[scales[0].name]
-    coarse_fs = yield from _embed_with_partials(slide, model_probe(model), coarse, extractor,
+
+    def coarse_scores(feats: np.ndarray, _coords) -> np.ndarray:
+        with torch.inference_mode():
+            return _relative(model.coarse_attention(torch.from_numpy(feats)[None].to(device))[0])
+
+    coarse_fs = yield from _embed_with_partials(slide, coarse_scores, coarse, extractor,
                                                 settings, device)
     embedded: dict[str, np.ndarray] = {scales[0].name: np.ones(len(coarse), bool)}
     feats_by_scale: dict[str, np.ndarray] = {scales[0].name: coarse_fs.features}
@@ -359,25 +374,6 @@ def _run_pyramid(slide, model, tissue, extractor, settings, device):
                                 features=(feats_by_scale.get(s.name)
                                           if settings.keep_features else None))
     return maps, _probabilities(out), extractor.card.to_dict()
-
-
-def model_probe(model):
-    """A single-scale view of a pyramid model for partial scores (its coarsest attention)."""
-
-    class _Probe:
-        def forward(self, x):
-            import torch
-
-            from ..models.output import MILOutput
-
-            s0 = model.scales[0]
-            m = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-            _scores, att, _rep = model._attend(0, x, m)
-            return MILOutput(logits=x.new_zeros(1, 1), attention={s0: att})
-
-        __call__ = forward
-
-    return _Probe()
 
 
 def run_slide(slide, model, *, extractor=None,

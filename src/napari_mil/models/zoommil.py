@@ -131,6 +131,13 @@ class ZoomMIL(nn.Module):
         a = safe_masked_softmax(scores, mask)  # (B, M)
         return scores, a, (a.unsqueeze(-1) * h).sum(1)  # (B, M), (B, M), (B, H)
 
+    @torch.no_grad()
+    def coarse_attention(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Attention (B, N) over the coarsest tiles alone: what :meth:`zoom` selects from."""
+        m = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device) if mask is None \
+            else mask.to(device=x.device, dtype=torch.bool)
+        return self._attend(0, x, m)[1]
+
     def _select_hard(self, scores: torch.Tensor, mask: torch.Tensor, gidx: torch.Tensor, k: int):
         k = min(k, scores.shape[1])
         local = scores.topk(k, dim=-1).indices.sort(dim=-1).values  # (B, K)
