@@ -5,7 +5,9 @@ tile of 256 px, median of 3) or ``--quick`` (4096², one run). Prints a table an
 ``bench/results/patch_loading.json``.
 
 Rows: ``read only`` decodes every patch (level-0 read at 512 px + 2×2 area resize) with
-``num_workers`` threads; ``with consumer`` adds a fake embedder that holds each batch for
+``num_workers`` threads, with each read method (``exact``: full decode + box resize;
+``fast``: JPEG decoded at 1/2 in the DCT domain, so no resize is left at 256 px);
+``with consumer`` (exact) adds a fake embedder that holds each batch for
 ``--consumer-ms`` (sleeping, as a GPU would leave the CPU free). Baseline (same run): the
 sequential loop (``num_workers=0``), in which reading and consuming add up. ``speedup`` =
 baseline time / time. ``first batch`` is the latency to the first batch. Also timed once:
@@ -42,12 +44,14 @@ def he_slide(path: Path, size: int) -> None:
     write_pyramidal_tiff(path, img, mpp=0.25, downsamples=[1, 4, 16])
 
 
-def run_once(slide, boxes, *, workers: int, consumer_s: float, batch: int) -> tuple[float, float]:
+def run_once(slide, boxes, *, workers: int, consumer_s: float, batch: int,
+             method: str = "exact") -> tuple[float, float]:
+    slide._cache.clear()  # every run decodes from the file
     t0 = time.perf_counter()
     first = None
     n = 0
     for b in iter_patch_batches(slide, boxes, 256, batch_size=batch, num_workers=workers,
-                                prefetch=4):
+                                prefetch=4, method=method):
         if first is None:
             first = time.perf_counter() - t0
         n += len(b)
@@ -81,23 +85,25 @@ def main() -> None:
             probe, _ = run_once(slide, boxes[:batch], workers=0, consumer_s=0.0, batch=batch)
             consumer_s = (args.consumer_ms / 1000) if args.consumer_ms is not None else probe
             rows = []
-            for consumer in (0.0, consumer_s):
+            for consumer, method in ((0.0, "exact"), (0.0, "fast"), (consumer_s, "exact")):
                 label = "read only" if consumer == 0 else "with consumer"
                 base = None
                 for workers in [0, *worker_counts]:
                     runs = [run_once(slide, boxes, workers=workers, consumer_s=consumer,
-                                     batch=batch) for _ in range(repeats)]
+                                     batch=batch, method=method) for _ in range(repeats)]
                     t = statistics.median(r[0] for r in runs)
                     first = statistics.median(r[1] for r in runs)
                     base = t if workers == 0 else base
-                    rows.append({"case": label, "num_workers": workers, "seconds": t,
-                                 "patches_per_s": len(boxes) / t, "first_batch_s": first,
-                                 "speedup": base / t, "consumer_ms_per_batch": consumer * 1000})
+                    rows.append({"case": label, "method": method, "num_workers": workers,
+                                 "seconds": t, "patches_per_s": len(boxes) / t,
+                                 "first_batch_s": first, "speedup": base / t,
+                                 "consumer_ms_per_batch": consumer * 1000})
     print(f"slide {size}² px, {len(boxes)} tiles at 20x (256 px), batch {batch}, "
           f"{os.cpu_count()} CPUs; tissue {t_tissue:.2f} s, grid {t_grid * 1000:.1f} ms")
-    print(f"{'case':<14} {'workers':>7} {'s':>7} {'patch/s':>8} {'first s':>8} {'speedup':>8}")
+    print(f"{'case':<14} {'method':<6} {'workers':>7} {'s':>7} {'patch/s':>8} {'first s':>8} "
+          f"{'speedup':>8}")
     for r in rows:
-        print(f"{r['case']:<14} {r['num_workers']:>7} {r['seconds']:>7.2f} "
+        print(f"{r['case']:<14} {r['method']:<6} {r['num_workers']:>7} {r['seconds']:>7.2f} "
               f"{r['patches_per_s']:>8.0f} {r['first_batch_s']:>8.3f} {r['speedup']:>8.2f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({

@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,7 @@ from ..config import Device, ScaleSpec
 from ..errors import ConfigError, ExtractorError
 from ..io.feature_cache import CacheKey, FeatureCache, FeatureCacheEntry, hash_boxes
 from ..io.feature_set import FeatureSet
+from ..tiling.patches import ReadMethod, as_read_method
 
 if TYPE_CHECKING:
     import torch
@@ -120,6 +122,8 @@ def extract_features(
     num_workers: int = 2,
     prefetch: int = 4,
     scale: ScaleSpec | None = None,
+    read_method: ReadMethod | str = ReadMethod.FAST,
+    torch_threads: int | None = None,
 ) -> Generator[ExtractionProgress, None, FeatureSet]:
     """Embed every tile of a grid (or every level-0 box ``(N, 4)``) of ``slide``.
 
@@ -127,10 +131,20 @@ def extract_features(
     the previous batch is embedded. ``order`` (a permutation, e.g. viewport first) sets which
     tiles come first. ``cache``: ``None`` → the default cache folder, ``False`` → none, a
     path or :class:`FeatureCache` → that one. Cached tiles are not recomputed.
+
+    ``read_method`` (:class:`~napari_mil.tiling.patches.ReadMethod`): ``fast`` (the default)
+    decodes JPEG tiles at 1/2–1/8 in the DCT domain when tiles are needed that much smaller
+    (e.g. 20x tiles of a 40x slide) and resizes with a uint8 kernel; ``exact`` decodes in
+    full and box-resizes. The method is part of the cache key (``exact`` keeps the key it
+    always had). ``torch_threads``: intra-op threads of a CPU
+    embedder while it runs (default: the cores the decoding workers leave, at least one);
+    the previous setting is restored after every batch.
     """
     from ..tiling.patches import iter_patch_batches
 
     ex = _as_extractor(extractor, device)
+    method = as_read_method(read_method)
+    threads = _embed_threads(ex, num_workers, torch_threads)
     boxes, scale = _grid_parts(grid_or_boxes, scale)
     n, dim = len(boxes), ex.card.output_dim
     coords = np.rint(boxes[:, :2]).astype(np.int64)
@@ -140,18 +154,19 @@ def extract_features(
     out_size = ex.card.input_size_px
     card_dict = ex.card.to_dict()
     meta = {"extractor": card_dict, "scale": scale.to_dict() if scale else None,
-            "tile_size_level0": tile_size, "slide": slide.name}
+            "tile_size_level0": tile_size, "slide": slide.name, "read_method": method.value}
 
     def result(features: np.ndarray) -> FeatureSet:
         return FeatureSet(features, coords, tile_size, scale, card_dict, slide.content_hash,
-                          "extracted", {"extractor_fingerprint": ex.fingerprint})
+                          "extracted", {"extractor_fingerprint": ex.fingerprint,
+                                        "read_method": method.value})
 
     store = resolve_cache(cache)
     entry: FeatureCacheEntry | None = None
     t0 = time.perf_counter()
     if store is not None:
         key = CacheKey(slide.content_hash[:24], ex.fingerprint,
-                       hash_boxes(boxes, out_size, "v1"))
+                       hash_boxes(boxes, out_size, *_read_tags(method)))
         entry = store.open(key, coords_xy=coords, dim=dim, meta=meta)
         feats, done = entry.features, entry.done
     else:
@@ -170,17 +185,22 @@ def extract_features(
     todo = idx[~done[idx]]
     n_done, computed = int(done.sum()), 0
     batches = iter_patch_batches(slide, boxes[todo], out_size, batch_size=batch_size,
-                                 num_workers=num_workers, prefetch=prefetch)
+                                 num_workers=num_workers, prefetch=prefetch, method=method)
     try:
         for batch in batches:
             tiles = todo[batch.indices]  # (B,) grid indices
-            emb = ex.embed(batch.images).numpy()  # (B, D)
+            with _torch_threads(threads):
+                emb = ex.embed(batch.images).numpy()  # (B, D)
             if not np.isfinite(emb).all():
                 raise ExtractorError(
                     f"Extractor {ex.card.name!r} produced NaN or infinite features; check its "
                     "weights, its card's mean/std, or use another device.")
             if entry is not None:
-                entry.add(tiles, emb)  # fills feats/done (the entry's arrays) too
+                # Patches over a damaged tile are not cached: a later run served from the
+                # cache would decode nothing and could not see (and skip) the damage.
+                clean = ~_over_damage(slide, boxes[tiles])  # (B,)
+                entry.add(tiles[clean], emb[clean])  # fills feats/done (the entry's arrays) too
+                feats[tiles[~clean]] = emb[~clean]
             else:
                 feats[tiles] = emb
                 done[tiles] = True
@@ -194,6 +214,57 @@ def extract_features(
         if entry is not None:
             entry.flush()
     return result(feats)
+
+
+def _over_damage(slide: Slide, boxes: np.ndarray) -> np.ndarray:
+    """(B,) True where a level-0 box overlaps a tile the slide found damaged (any level)."""
+    from ..tiling.patches import boxes_overlapping
+
+    if not getattr(slide, "damaged_tiles", None):
+        return np.zeros(len(boxes), bool)
+    return boxes_overlapping(boxes, slide.damaged_tile_boxes())
+
+
+def _read_tags(method: ReadMethod) -> tuple[str, ...]:
+    """The pixel-path part of a cache key (``exact`` keeps the key it always had)."""
+    return ("v1",) if method is ReadMethod.EXACT else ("v1", method.value)
+
+
+def _embed_threads(ex: Extractor, num_workers: int, requested: int | None) -> int | None:
+    """Intra-op threads for a CPU embedder: the cores the decoding workers leave (≥ 1, and
+    not more than torch uses now). Decoding and embedding both need the CPU; threads that
+    outnumber the cores make torch's workers spin and wait on each other."""
+    if requested is not None:
+        if int(requested) < 1:
+            raise ConfigError(f"torch_threads must be ≥ 1, got {requested!r}.")
+        return int(requested)
+    if ex.device.type != "cpu":
+        return None
+    import os
+
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(torch.get_num_threads(), int(cores or 1) - int(num_workers)))
+
+
+@contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    """``torch.set_num_threads(n)`` for the block, the previous value restored after."""
+    if n is None:
+        yield
+        return
+    import torch
+
+    prev = torch.get_num_threads()
+    if prev == n:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
 
 
 def extract_multiscale(

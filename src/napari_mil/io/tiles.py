@@ -20,7 +20,7 @@ import os
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from concurrent.futures import Executor
 from typing import Any, Protocol
 
@@ -41,6 +41,8 @@ __all__ = [
 ]
 
 WHITE = 255
+#: value of the placeholder shown for a tile that cannot be decoded (mid-grey: not glass)
+DAMAGED_GREY = 128
 #: a read that misses at least this many tiles decodes them on the slide's thread pool
 PARALLEL_MIN_TILES = 4
 
@@ -140,9 +142,40 @@ class TiledLevel:
         #: a thread pool that decodes the missing tiles of one read in parallel (leaf levels
         #: only: its tasks never submit to it again, so it cannot deadlock)
         self.pool: Executor | None = None
+        #: ``on_damaged(level, ty, tx, exc)`` is told about a tile that cannot be decoded; the
+        #: tile is then shown as a :data:`DAMAGED_GREY` placeholder. ``None``: raise instead.
+        self.on_damaged: Callable[[TiledLevel, int, int, Exception], None] | None = None
 
     def _make_tile(self, ty: int, tx: int) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def _report_damage(self, ty: int, tx: int, exc: Exception) -> bool:
+        """Tell ``on_damaged`` (ours, or for a view of a level on the same tile grid at
+        1/``factor``, e.g. a DCT-scaled view, the parent's) about tile (ty, tx)."""
+        if self.on_damaged is not None:
+            self.on_damaged(self, ty, tx, exc)
+            return True
+        parent, f = getattr(self, "parent", None), getattr(self, "factor", None)
+        if (isinstance(parent, TiledLevel) and parent.on_damaged is not None and f
+                and parent.tile_height == self.tile_height * f
+                and parent.tile_width == self.tile_width * f):
+            parent.on_damaged(parent, ty, tx, exc)
+            return True
+        return False
+
+    def damaged_tile(self, ty: int, tx: int, exc: Exception) -> np.ndarray:
+        """The placeholder for tile (ty, tx) that failed with ``exc`` (reported to
+        ``on_damaged``), or :class:`CorruptSlideError` when nobody listens."""
+        if not self._report_damage(ty, tx, exc):
+            if isinstance(exc, CorruptSlideError):
+                raise exc
+            raise CorruptSlideError(
+                f"Tile ({tx}, {ty}) of {self.key} cannot be decoded ({exc}); the file is "
+                "damaged or truncated: copy it again from the scanner or archive."
+            ) from exc
+        h = min(self.tile_height, self.height - ty * self.tile_height)
+        w = min(self.tile_width, self.width - tx * self.tile_width)
+        return np.full((h, w, 3), DAMAGED_GREY, np.uint8)
 
     def tile(self, ty: int, tx: int) -> np.ndarray:
         """Tile (ty, tx), cropped to the level, (h, w, 3) uint8, read-only; cached."""
@@ -150,7 +183,10 @@ class TiledLevel:
         return tile if tile is not None else self._new_tile((ty, tx))
 
     def _new_tile(self, coord: tuple[int, int]) -> np.ndarray:
-        tile = self._make_tile(*coord)
+        try:
+            tile = self._make_tile(*coord)
+        except CorruptSlideError as exc:  # a subclass that raises instead of damaged_tile()
+            tile = self.damaged_tile(*coord, exc)
         tile.flags.writeable = False
         with self._count_lock:
             self.decoded += 1
@@ -239,6 +275,12 @@ class JpegTileLevel(TiledLevel):
         count = int(self._counts[i])
         return self._handle.pread(count, int(self._offsets[i])) if count else b""
 
+    @property
+    def jpeg_params(self) -> tuple[bytes | None, int | None, int | None]:
+        """``(JPEGTables, colorspace, outcolorspace)`` as tifffile decodes this page (for
+        other decoders, e.g. :mod:`napari_mil.io.jpeg_scaled`)."""
+        return self._tables, self._colorspace, self._outcolorspace
+
     def _make_tile(self, ty: int, tx: int) -> np.ndarray:
         th, tw = self.tile_height, self.tile_width
         h, w = min(th, self.height - ty * th), min(tw, self.width - tx * tw)
@@ -249,12 +291,12 @@ class JpegTileLevel(TiledLevel):
             tile = self._decode(data, tables=self._tables, colorspace=self._colorspace,
                                 outcolorspace=self._outcolorspace)
         except Exception as exc:  # imagecodecs raises its own error types
-            raise CorruptSlideError(
-                f"Tile ({tx}, {ty}) of {self.key} cannot be decoded ({exc}); the file is "
-                "damaged or truncated: copy it again from the scanner or archive."
-            ) from exc
+            return self.damaged_tile(ty, tx, exc)
         if tile.ndim == 2:
             tile = np.repeat(tile[..., None], 3, axis=2)
+        if tile.shape[0] < h or tile.shape[1] < w or tile.shape[2] != 3:
+            return self.damaged_tile(ty, tx, ValueError(
+                f"decoded to {tile.shape}, expected at least ({h}, {w}, 3)"))
         return tile[:h, :w]
 
 
