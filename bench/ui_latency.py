@@ -3,9 +3,10 @@
 Measures, on a generated slide with lesions and the sample model (``sample_data/model-abmil``
 when present, else a linear probe fitted here on the slide's ``cnn-20x``/``cnn`` features):
 
-- event-loop stall: a 5 ms QTimer probe runs during the whole ``run_slide`` in the dock; a
-  stall is the delay of a tick beyond its interval (max, p95). Baseline: the same probe with
-  the viewer idle for as long. Targets: max < 100 ms, p95 < 20 ms.
+- event-loop stall: a 5 ms precise QTimer probe runs from the press of Run until the dock has
+  shown the whole result (``run_settled``); a stall is the delay of a tick beyond its interval
+  (max, p95). The press itself is inside the window. Baseline: the same probe with the viewer
+  idle for as long. Targets: max < 100 ms, p95 < 20 ms.
 - time to first instance scores in the current view (zoomed into tissue): from Run to the
   first partial heatmap that holds a tile inside the view. Target < 3 s.
 - what-if re-scoring on 20k tiles (10 % excluded) with the model; baseline: the same model on
@@ -32,6 +33,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 PROBE_MS = 5
+RUN_TIMEOUT_S = 540.0  # a run that never settles ends the probe (and shows as a huge run_s)
 
 
 def _slide(root: Path, size: int):
@@ -112,12 +114,16 @@ def _stalls(ticks: list[float]) -> np.ndarray:
     return np.clip(gaps, 0.0, None)
 
 
-def _probe_loop(duration_s: float | None, until=None) -> list[float]:
-    """Run the Qt event loop with a PROBE_MS timer until ``until`` emits (or for duration_s)."""
-    from qtpy.QtCore import QEventLoop, QTimer
+def _probe_loop(duration_s: float | None, until=None, start=None) -> list[float]:
+    """Run the Qt event loop with a PROBE_MS timer until ``until`` emits (or for duration_s).
+
+    ``start`` is called from inside the loop once the probe ticks (e.g. pressing Run).
+    """
+    from qtpy.QtCore import QEventLoop, Qt, QTimer
 
     ticks: list[float] = []
     timer = QTimer()
+    timer.setTimerType(Qt.TimerType.PreciseTimer)
     timer.setInterval(PROBE_MS)
     timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
     loop = QEventLoop()
@@ -125,9 +131,13 @@ def _probe_loop(duration_s: float | None, until=None) -> list[float]:
         until.connect(loop.quit)
     if duration_s is not None:
         QTimer.singleShot(int(duration_s * 1000), loop.quit)
+    if start is not None:
+        QTimer.singleShot(2 * PROBE_MS, start)
     timer.start()
     loop.exec_()
     timer.stop()
+    if until is not None:
+        until.disconnect(loop.quit)
     return ticks
 
 
@@ -150,21 +160,25 @@ def measure_run(viewer, dock, gen, cache_dir: Path) -> dict:
     view = dock.viewport_xywh(slide)
     dock.settings_overrides = {"device": "cpu", "cache_dir": str(cache_dir), "use_cache": False}
     first_view: list[float] = []
-    t0 = time.perf_counter()
+    t0: list[float] = []
 
-    def on_yield(p) -> None:
+    def on_yield(update) -> None:
+        p = getattr(update, "progress", update)
         if first_view or p.partial is None or view is None:
             return
         if tiles_in_rectangle(p.partial, view).any():
-            first_view.append(time.perf_counter() - t0)
+            first_view.append(time.perf_counter() - t0[0])
 
-    assert dock.run(), dock.last_error
-    worker = dock.worker
-    worker.yielded.connect(on_yield)
-    ticks = _probe_loop(None, until=worker.finished)
-    while dock.is_busy:  # the result's layers are added one per event-loop turn
-        ticks += _probe_loop(0.05)
-    elapsed = time.perf_counter() - t0
+    def press_run() -> None:
+        t0.append(time.perf_counter())
+        if not dock.run():
+            dock.run_settled.emit()
+            return
+        dock.worker.yielded.connect(on_yield)
+
+    # the probe runs from before Run is pressed until the whole result is shown
+    ticks = _probe_loop(RUN_TIMEOUT_S, until=dock.run_settled, start=press_run)
+    elapsed = time.perf_counter() - t0[0]
     if dock.last_error:
         raise RuntimeError(dock.last_error)
     st = _stalls(ticks)
@@ -214,8 +228,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=None)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "ui_latency.json")
     args = ap.parse_args(argv)
-    size = args.size or (2048 if args.quick else 8192)
-    runs = args.runs or (2 if args.quick else 3)
+    # full: 16384² (≈ 170 tissue tiles); on an 8192² slide a run lasts ≈ 0.4 s, so the fixed
+    # cost of a first run's layer updates dominates its p95 (recorded as worst_run_* anyway)
+    size = args.size or (2048 if args.quick else 16384)
+    runs = args.runs or (2 if args.quick else 5)
 
     import napari
 
@@ -248,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
         "first_view_scores_s": med("first_view_scores_s"), "run_s": med("run_s"),
         "tiles": per_run[0]["tiles"], **whatif,
     }
+    # the median hides the first run on a slide (layers get their first values): show it too
+    summary["worst_run_stall_max_ms"] = max(r["stall_max_ms"] for r in per_run)
+    summary["worst_run_stall_p95_ms"] = max(r["stall_p95_ms"] for r in per_run)
     summary["stall_p95_ratio_vs_idle"] = summary["stall_p95_ms"] / max(idle["stall_p95_ms"], 0.1)
     summary["whatif_ratio_vs_full_forward"] = (whatif["whatif_ms"]
                                                / max(whatif["full_forward_ms"], 1e-6))
@@ -258,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         v = summary[key]
         rows.append((key, "n/a" if v is None else f"{v:.2f}", f"< {target:g}",
                      "n/a" if v is None else ("yes" if v < target else "NO")))
-    for key in ("idle_stall_max_ms", "idle_stall_p95_ms", "stall_p95_ratio_vs_idle", "run_s",
+    for key in ("worst_run_stall_max_ms", "worst_run_stall_p95_ms", "idle_stall_max_ms",
+                "idle_stall_p95_ms", "stall_p95_ratio_vs_idle", "run_s",
                 "tiles", "full_forward_ms", "whatif_ratio_vs_full_forward"):
         v = summary[key]
         rows.append((key, f"{v:.2f}" if isinstance(v, float) else str(v), "", ""))

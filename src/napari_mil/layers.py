@@ -20,7 +20,7 @@ __all__ = ["LayerDataTuple", "slide_layer_data",
            # result layers (review app)
            "layer_name", "tile_heatmap", "lattice_stride_level0", "instance_score_layer_data",
            "attention_layer_data", "top_k_indices", "topk_layer_data", "zoomed_layer_data",
-           "tissue_layer_data", "result_layer_data"]
+           "tissue_layer_data", "result_layer_data", "placeholder_layer_data"]
 
 LayerDataTuple = tuple[Any, dict, str]
 
@@ -208,13 +208,17 @@ def top_k_indices(scale_map, k: int = 10) -> tuple[np.ndarray, np.ndarray, str]:
 
 def topk_layer_data(result, scale_map=None, *, k: int = 10,
                     edge_color: str = "cyan") -> list[tuple]:
-    """Shapes layer outlining the top-k tiles, with ``score``/``rank``/``index`` properties."""
+    """Shapes layer outlining the top-k tiles, with ``score``/``rank``/``index`` properties.
+
+    Named by the k asked for (its metadata ``k`` says how many tiles there are), so a run that
+    finds fewer tiles still updates the same layer.
+    """
     sm = scale_map if scale_map is not None else result.finest_scale
     idx, vals, source = top_k_indices(sm, k)
     if len(idx) == 0:
         return []
     kwargs = {
-        "name": layer_name(result.slide_name, f"top-{len(idx)}", sm.name),
+        "name": layer_name(result.slide_name, f"top-{int(k)}", sm.name),  # one name per k
         "shape_type": "rectangle",
         "scale": (result.slide_mpp, result.slide_mpp), "units": ("um", "um"),
         "edge_color": edge_color, "face_color": "transparent", "edge_width": 3,
@@ -303,4 +307,79 @@ def result_layer_data(result, *, normalisation: str | Normalisation = "raw",
         out += zoomed_layer_data(result, sm)
     if top_k and result.scales:
         out += topk_layer_data(result, k=top_k)
+    return out
+
+
+def _lattice_placeholder(name: str, scale_spec, slide_mpp: float, slide_dimensions, *,
+                         colormap: str, visible: bool, kind: str, opacity: float = 0.6) -> tuple:
+    """An all-NaN heatmap on the scale's full lattice (what :func:`tile_heatmap` will fill)."""
+    size = scale_spec.patch_size_px * scale_spec.mpp / slide_mpp  # level-0 px
+    w, h = slide_dimensions
+    shape = (max(math.ceil(h / size), 1), max(math.ceil(w / size), 1))
+    s, t = size * slide_mpp, (size / 2.0 - 0.5) * slide_mpp
+    kwargs = {
+        "name": name, "scale": (s, s), "translate": (t, t), "units": ("um", "um"),
+        "colormap": colormap, "contrast_limits": (0.0, 1.0), "opacity": opacity,
+        "blending": "translucent", "interpolation2d": "nearest", "visible": visible,
+        "metadata": {"napari_mil": True, "placeholder": True, "kind": kind,
+                     "scale": scale_spec.name, "meaning": "filled in by the next run"},
+    }
+    return np.full(shape, np.nan, np.float32), kwargs, "image"
+
+
+def placeholder_layer_data(card, slide_name: str, slide_mpp: float,
+                           slide_dimensions: tuple[int, int], *, colormap: str = "inferno",
+                           attention_colormap: str = "viridis", top_k: int = 10) -> list[tuple]:
+    """Empty layers for the result a model ``card`` will give on a slide (before a run).
+
+    The review app adds them ahead of a run so that creating layers (costly in napari, above
+    all the first of a type) never stalls the viewer while the run streams in: the run only
+    writes values into them. Instance scores and attention per scale (as the architecture's
+    registry entry says it explains), the top-k outlines and the tissue mask; all empty.
+    """
+    from .models.registry import model_info
+
+    try:
+        info = model_info(card.architecture)
+        has_scores, has_attention = bool(info.instance_label), bool(info.attention_label)
+    except Exception:  # noqa: BLE001 - an unregistered architecture: guess the common case
+        has_scores, has_attention = True, True
+    scales = sorted(card.scales, key=lambda s: s.mpp)
+    if not scales:
+        return []
+    finest = scales[0].name
+    out: list[tuple] = []
+    for spec in scales if has_scores else ():
+        out.append(_lattice_placeholder(layer_name(slide_name, "instance scores", spec.name),
+                                        spec, slide_mpp, slide_dimensions, colormap=colormap,
+                                        visible=spec.name == finest, kind="instance scores"))
+    for spec in scales if has_attention else ():
+        out.append(_lattice_placeholder(layer_name(slide_name, "attention", spec.name), spec,
+                                        slide_mpp, slide_dimensions, colormap=attention_colormap,
+                                        visible=not has_scores and spec.name == finest,
+                                        kind="attention"))
+    if top_k:
+        # k invisible squares on the first tile (transparent edges and labels): the run then
+        # moves them and colours them, far cheaper in napari than adding shapes and text
+        k = int(top_k)
+        size = scales[0].patch_size_px * scales[0].mpp / slide_mpp
+        features = {"rank": np.arange(1, k + 1), "score": np.zeros(k, np.float32),
+                    "index": np.full(k, -1, np.int64)}
+        out.append((_rectangles_rc(np.zeros((k, 2)), size), {
+            "name": layer_name(slide_name, f"top-{k}", finest),
+            "shape_type": "rectangle", "scale": (slide_mpp, slide_mpp), "units": ("um", "um"),
+            "edge_color": "transparent", "face_color": "transparent", "edge_width": 3,
+            "features": features,
+            "text": {"string": "#{rank} {score:.2f}", "size": 10, "color": "transparent",
+                     "anchor": "upper_left"},
+            "metadata": {"napari_mil": True, "placeholder": True, "kind": "top-k",
+                         "scale": finest, "meaning": "filled in by the next run"},
+        }, "shapes"))
+    out.append((np.full((1, 1), np.nan, np.float32), {
+        "name": layer_name(slide_name, "tissue"), "scale": (slide_mpp, slide_mpp),
+        "units": ("um", "um"), "colormap": "green", "contrast_limits": (0.0, 1.0),
+        "opacity": 0.25, "blending": "translucent", "interpolation2d": "nearest",
+        "visible": False,
+        "metadata": {"napari_mil": True, "placeholder": True, "kind": "tissue",
+                     "meaning": "filled in by the next run"}}, "image"))
     return out

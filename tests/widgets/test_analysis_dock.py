@@ -68,7 +68,12 @@ def test_run_fills_in_progressively_and_ends_with_final_layers(dock_setup, qtbot
     layer = viewer.layers["lesion · instance scores [20x]"]
     assert "partial" not in layer.metadata
     assert layer.metadata["normalisation"] == "raw" and layer.metadata["colormap"] == "inferno"
-    assert "top-10" in " ".join(viewer.layers[i].name for i in range(len(viewer.layers)))
+    topk = viewer.layers["lesion · top-10 [20x]"]
+    assert len(topk.data) == 10 and not topk.metadata.get("placeholder")
+    cyan = np.array([0.0, 1.0, 1.0, 1.0])
+    assert np.allclose(topk.edge_color, cyan)  # the empty layer's shapes were transparent
+    assert np.allclose(topk.text.color.constant, cyan)
+    np.testing.assert_array_equal(topk.features["rank"], np.arange(1, 11))
     assert "tumor" in dock.prob_view.text()
 
 
@@ -78,14 +83,17 @@ def test_cancel_mid_run_leaves_no_worker_and_no_half_layer(dock_setup, qtbot) ->
     log: list[str] = []
     dock.run_fn = fake_run(result, steps=200, delay_s=0.05, log=log)
     names_before = [lyr.name for lyr in viewer.layers]
+    layer = viewer.layers["lesion · instance scores [20x]"]  # added, empty, with the checkpoint
+    assert layer.metadata["placeholder"] and np.isnan(layer.data).all()
     dock.run()
-    qtbot.waitUntil(lambda: "lesion · instance scores [20x]" in viewer.layers, timeout=10000)
-    assert viewer.layers["lesion · instance scores [20x]"].metadata["partial"]
+    qtbot.waitUntil(lambda: layer.metadata.get("partial") is True, timeout=10000)
+    assert np.isfinite(layer.data).any()
     dock.cancel()
     _wait_idle(qtbot, dock)
     qtbot.waitUntil(lambda: log == ["closed"], timeout=5000)  # run_slide's generator was closed
     assert dock.worker is None and dock.result is None
     assert [lyr.name for lyr in viewer.layers] == names_before
+    assert np.isnan(layer.data).all() and "partial" not in layer.metadata  # nothing half-drawn
     assert "Cancel" in dock.status_label.text()
 
 

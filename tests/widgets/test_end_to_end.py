@@ -127,7 +127,9 @@ def test_cancel_a_real_run_stops_its_threads(make_napari_viewer, trained, qtbot)
         return [t.name for t in threading.enumerate() if t.name.startswith(THREAD_NAME_PREFIX)]
 
     dock.run()
-    qtbot.waitUntil(lambda: "synth · instance scores [20x]" in viewer.layers, timeout=60000)
+    name = "synth · instance scores [20x]"  # the layer is there (empty) before the run
+    qtbot.waitUntil(lambda: name in viewer.layers
+                    and viewer.layers[name].metadata.get("partial") is True, timeout=60000)
     assert readers()  # the run is reading tiles
     dock.cancel()
     qtbot.waitUntil(lambda: not dock.is_busy, timeout=30000)

@@ -1,15 +1,18 @@
 """The analysis dock: slide + checkpoint → run (in a worker) → layers, evidence, what-if, top-k.
 
-Everything that touches the viewer happens here, on the main thread; the worker only iterates
-``run_slide``. Switching the slide or loading another checkpoint during a run cancels it.
+Everything that touches the viewer happens here, on the main thread; the worker iterates
+``run_slide`` and builds the layers' arrays (``run_payload``). Switching the slide or loading
+another checkpoint during a run cancels it; closing the viewer stops and joins it.
+
+Responsiveness: the result layers are added empty when a checkpoint (or a slide) is chosen, so a
+run only writes values into existing layers; partial results and the progress read-out are
+coalesced (at most one update per ``_UI_EVERY_S``) and each is applied in its own event-loop turn.
 """
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -31,10 +34,11 @@ from qtpy.QtWidgets import (
 
 from ..errors import NapariMilError
 from ..inference.normalize import NORMALISATION_MEANING, Normalisation, display_range, normalize
-from .display import ColorBar, ProbabilityView, card_html, fmt_eta, slide_path_of
-from .evidence import EvidencePanel, TileLookup, camera_of, hover_text, world_to_level0
+from .display import ColorBar, ProbabilityView, card_html, slide_path_of
+from .evidence import EvidencePanel, TileLookup, hover_text, world_to_level0
 from .gallery import GalleryPanel
-from .layer_sync import find_layer, is_layer_type, remove_layers, upsert_layer, upsert_layers
+from .layer_sync import find_layer, is_layer_type, write_layer
+from .run_control import RunControl
 from .whatif import WhatIfPanel
 
 __all__ = ["AnalysisDock"]
@@ -42,18 +46,20 @@ __all__ = ["AnalysisDock"]
 COLORMAPS = ("inferno", "viridis", "magma", "plasma", "turbo", "fire", "red")
 DEVICES = ("auto", "cuda", "cpu")
 _STATUS_SEP = " ‖ "
-_PARTIAL_EVERY_S = 0.5
 
 
-class AnalysisDock(QWidget):
+class AnalysisDock(RunControl, QWidget):
     """Run a MIL checkpoint over the chosen slide layer and review what it saw."""
 
     result_changed = Signal(object)
+    #: a run has ended and everything it shows is in the viewer (or it was cancelled / failed)
+    run_settled = Signal()
 
     def __init__(self, napari_viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
         self.model = None
+        self._extractor = None  # the model's embedder, reused by every run
         self.checkpoint_path: Path | None = None
         self.result = None
         self.worker = None
@@ -61,20 +67,29 @@ class AnalysisDock(QWidget):
         self.settings_overrides: dict[str, Any] = {}  # extra RunSettings fields (cache_dir, …)
         self.last_error: str | None = None
         self.progress_log: list[Any] = []
+        self.run_warnings: list[str] = []  # warnings raised in the last run (damaged tiles, …)
         self._slides: dict[str, Any] = {}
         self._run_layers: set[str] = set()
         self._run_id = 0
         self._ui_queue: deque = deque()
         self._pending_partial = None
         self._partial_scheduled = False
-        self._run_tissue = None
         self._run_slide_layer: str | None = None
+        self._run_slide_path: str | None = None
+        self._prepare_after_run = False
+        self._settle_pending = False
         self._last_partial = 0.0
         self._lookup: TileLookup | None = None
         self._hover = ""
         self._whatif_probs = None
         self._t_run0 = 0.0
         self.first_partial_s: float | None = None
+        self._pending_progress = None
+        self._progress_timer = QTimer(self)
+        self._progress_timer.setSingleShot(True)
+        self._progress_timer.timeout.connect(self._show_progress)
+        self._last_progress_ui = 0.0
+        self._closed = False
         self._build()
         self._connect()
         self._refresh_slides()
@@ -116,6 +131,8 @@ class AnalysisDock(QWidget):
         lay.addWidget(self.progress)
         self.status_label = QLabel("")
         self.status_label.setWordWrap(True)
+        # a fixed height: a longer status never re-lays out the window (and resizes the canvas)
+        self.status_label.setFixedHeight(self.status_label.fontMetrics().lineSpacing() * 3 + 4)
         lay.addWidget(self.status_label)
 
         res = QGroupBox("Slide-level result")
@@ -166,7 +183,8 @@ class AnalysisDock(QWidget):
         self.viewer.mouse_move_callbacks.append(self._on_mouse_move)
         self.viewer.mouse_drag_callbacks.append(self._on_mouse_press)
         self.viewer.events.status.connect(self._keep_hover_in_status)
-        self.destroyed.connect(lambda *_: self._disconnect_viewer())
+        self.destroyed.connect(lambda *_: self.shutdown())
+        self._watched_window = None
 
     def _disconnect_viewer(self) -> None:
         for lst, cb in ((self.viewer.mouse_move_callbacks, self._on_mouse_move),
@@ -195,13 +213,26 @@ class AnalysisDock(QWidget):
         if current in names:
             self.slide_combo.setCurrentText(current)
         self.slide_combo.blockSignals(False)
+        self._close_unused_slides()
         if self.slide_combo.currentText() != current:
             self._slide_changed(self.slide_combo.currentText())
 
+    def _close_unused_slides(self) -> None:
+        """Close the slides this dock opened whose layer is gone (and no run reads them)."""
+        paths = {slide_path_of(lyr) for lyr in self.slide_layers()}
+        for path in [p for p in self._slides if p not in paths]:
+            if self.worker is None or self._run_slide_path != path:
+                self._slides.pop(path).close()
+
     def _slide_changed(self, _name: str) -> None:
+        if self._closed:
+            return
         if self.is_running:
             self.cancel()
+            self._prepare_after_run = True
             self.status_label.setText("Slide changed: the run was cancelled.")
+        elif self.model is not None and not self.is_busy:
+            self.prepare_layers()
 
     def current_slide_layer(self):
         return find_layer(self.viewer, self.slide_combo.currentText())
@@ -233,16 +264,22 @@ class AnalysisDock(QWidget):
         """Load a checkpoint; on error, notify and keep the current model. Cancels a run."""
         from ..models.checkpoint import load_model
 
-        if self.is_running:
-            self.cancel()
         try:
             model = load_model(path)
         except (NapariMilError, OSError) as exc:
-            self.notify_error(exc)
+            self.notify_error(exc)  # a run goes on with the model it started with
             return False
+        if self.is_running:
+            self.cancel()
+            self._prepare_after_run = True
         self.model, self.checkpoint_path = model, Path(path)
         self.card_label.setText(card_html(model.card))
         self.status_label.setText(f"Loaded {Path(path).name}.")
+        if not self.is_busy:
+            self.prepare_layers()
+        self._extractor = None
+        if self.run_fn is None:
+            self._extractor = self._warm_extractor(model)
         return True
 
     def notify_error(self, exc: BaseException | str) -> None:
@@ -254,202 +291,6 @@ class AnalysisDock(QWidget):
         self.status_label.setText(f"Error: {msg}")
         show_error(msg)
 
-    # ------------------------------------------------------------------ running
-    @property
-    def is_running(self) -> bool:
-        """A run's worker is alive."""
-        return self.worker is not None
-
-    @property
-    def is_busy(self) -> bool:
-        """A run is alive or its layers are still being added."""
-        return self.worker is not None or bool(self._ui_queue) or self._partial_scheduled
-
-    def viewport_xywh(self, slide) -> tuple[int, int, int, int] | None:
-        """The visible part of the slide in level-0 px (x, y, w, h), or None if unknown."""
-        mpp = slide.mpp or 1.0
-        try:
-            camera = camera_of(self.viewer)
-            cy, cx = camera.center[-2:]
-            zoom = float(camera.zoom)
-            h_px, w_px = self.viewer.canvas.size
-        except (AttributeError, TypeError, ValueError):
-            return None
-        half_w, half_h = w_px / zoom / 2.0, h_px / zoom / 2.0
-        x0, y0 = max((cx - half_w) / mpp, 0.0), max((cy - half_h) / mpp, 0.0)
-        x1 = min((cx + half_w) / mpp, slide.dimensions[0])
-        y1 = min((cy + half_h) / mpp, slide.dimensions[1])
-        if x1 <= x0 or y1 <= y0:
-            return None
-        return int(x0), int(y0), int(x1 - x0), int(y1 - y0)
-
-    def make_settings(self, slide):
-        """RunSettings from the dock (device, batch size, the visible region first)."""
-        kw = {"device": self.device_combo.currentText(), "batch_size": int(self.batch_spin.value()),
-              "viewport_xywh": self.viewport_xywh(slide), **self.settings_overrides}
-        try:
-            from ..inference.run import RunSettings
-        except ImportError:
-            if self.run_fn is None:
-                raise
-            return SimpleNamespace(**kw)
-        return RunSettings(**kw)
-
-    def run(self) -> bool:
-        """Start the analysis of the chosen slide with the loaded model (returns at once)."""
-        if self.is_busy:
-            return False
-        if self.model is None:
-            self.notify_error("Load a checkpoint first (Load checkpoint…).")
-            return False
-        try:
-            slide = self.current_slide()
-            if slide is None:
-                self.notify_error("Open a slide first (File ▸ Open), then choose it here.")
-                return False
-            settings = self.make_settings(slide)
-        except NapariMilError as exc:
-            self.notify_error(exc)
-            return False
-        from .workers import start_run_worker
-
-        self._run_layers = set()
-        self._run_slide_layer = self.slide_combo.currentText()
-        self._run_info = SimpleNamespace(slide_name=slide.name, slide_hash=slide.content_hash,
-                                         slide_dimensions=tuple(slide.dimensions),
-                                         slide_mpp=float(slide.mpp or 1.0),
-                                         class_names=tuple(self.model.card.class_names))
-        self.progress_log = []
-        self.first_partial_s = None
-        self._t_run0 = time.perf_counter()
-        self._last_partial = 0.0
-        self._run_id += 1
-        self._ui_queue.clear()
-        self._pending_partial = None
-        self._partial_scheduled = False
-        self._run_tissue = None
-        self.last_error = None
-        self.run_btn.setEnabled(False)
-        self.cancel_btn.setEnabled(True)
-        self.progress.setRange(0, 0)
-        self.status_label.setText("Starting…")
-        self.worker = start_run_worker(
-            slide, self.model, settings, on_yield=self._on_progress, on_return=self._on_done,
-            on_error=self._on_error, on_abort=self._on_abort, on_finish=self._on_finish,
-            run_fn=self.run_fn)
-        return True
-
-    def cancel(self) -> None:
-        """Stop the run at its next step; its partial layers are removed."""
-        if self.worker is not None:
-            self.status_label.setText("Cancelling…")
-            self.worker.quit()
-
-    def _on_progress(self, p) -> None:
-        self.progress_log.append(p)
-        total = max(int(p.total), 1)
-        self.progress.setRange(0, total)
-        self.progress.setValue(min(int(p.done), total))
-        stage = getattr(p.stage, "value", p.stage)
-        rate = f"{p.tiles_per_s:.0f} tiles/s" if p.tiles_per_s else ""
-        self.status_label.setText(
-            f"{stage}: {p.done}/{p.total} {rate} ETA {fmt_eta(p.eta_s)}"
-            + (f" — {p.message}" if p.message else ""))
-        if getattr(p, "tissue", None) is not None:
-            self._run_tissue = p.tissue  # a hidden layer: added with the result, not mid-run
-        partial = getattr(p, "partial", None)
-        if partial is not None and partial.instance_scores is not None and len(partial):
-            self._pending_partial = partial
-            if not self._partial_scheduled:
-                self._partial_scheduled = True
-                wait = _PARTIAL_EVERY_S - (time.perf_counter() - self._last_partial)
-                run_id = self._run_id
-                QTimer.singleShot(max(int(wait * 1000), 0),
-                                  lambda: self._stage(self._apply_partial, run_id))
-
-    # Work on the viewer is queued and done one piece per event-loop turn, so that painting
-    # and input are handled between two layer updates (no long stall while a run streams in).
-    def _stage(self, fn, run_id: int | None = None) -> None:
-        self._ui_queue.append((self._run_id if run_id is None else run_id, fn))
-        if len(self._ui_queue) == 1:
-            QTimer.singleShot(0, self._drain_one)
-
-    def _drain_one(self) -> None:
-        if not self._ui_queue:
-            return
-        run_id, fn = self._ui_queue.popleft()
-        try:
-            if run_id == self._run_id:
-                fn()
-        finally:
-            if self._ui_queue:
-                QTimer.singleShot(0, self._drain_one)
-
-    def _add_tissue(self, tissue) -> None:
-        from ..layers import tissue_layer_data
-
-        info = self._run_info
-        for t in tissue_layer_data(tissue, info.slide_mpp, slide_name=info.slide_name):
-            self._run_layers.add(upsert_layer(self.viewer, *t).name)
-
-    def _apply_partial(self) -> None:
-        from ..layers import instance_score_layer_data
-
-        self._partial_scheduled = False
-        partial, self._pending_partial = self._pending_partial, None
-        if partial is None:
-            return
-        self._last_partial = time.perf_counter()
-        tuples = instance_score_layer_data(self._run_info, partial,
-                                           normalisation=self.normalisation,
-                                           colormap=self.colormap)
-        for data, kwargs, kind in tuples:
-            kwargs["metadata"]["partial"] = True
-            self._run_layers.add(upsert_layer(self.viewer, data, kwargs, kind).name)
-        if self.first_partial_s is None:
-            self.first_partial_s = time.perf_counter() - self._t_run0
-
-    def _on_done(self, result) -> None:
-        if result is None:  # closed before the end
-            return
-        self._pending_partial = None
-        self._run_layers = set()
-        self.set_result(result, redraw=False)
-        self._update_colorbar()
-        for t in self.result_layer_tuples():
-            self._stage(lambda t=t: upsert_layer(self.viewer, *t))
-        if self._run_tissue is not None:
-            self._stage(lambda tissue=self._run_tissue: self._add_tissue(tissue))
-        self._stage(self.gallery.refresh)
-        self.status_label.setText(
-            f"Done: {sum(len(s) for s in result.scales.values())} tiles "
-            f"in {result.elapsed_s:.1f} s.")
-
-    def _drop_run_layers(self) -> None:
-        self._run_id += 1  # staged updates of this run become no-ops
-        self._ui_queue.clear()
-        self._pending_partial = None
-        self._partial_scheduled = False
-        remove_layers(self.viewer, self._run_layers)
-        self._run_layers = set()
-        if self.result is not None:
-            self.redraw_layers()
-
-    def _on_error(self, exc: BaseException) -> None:
-        self._drop_run_layers()
-        self.notify_error(exc)
-
-    def _on_abort(self) -> None:
-        self._drop_run_layers()
-        self.status_label.setText("Cancelled.")
-
-    def _on_finish(self) -> None:
-        self.worker = None
-        self.run_btn.setEnabled(True)
-        self.cancel_btn.setEnabled(False)
-        self.progress.setRange(0, 1)
-        self.progress.setValue(1 if self.result is not None else 0)
-
     # ------------------------------------------------------------------ result & layers
     @property
     def normalisation(self) -> Normalisation:
@@ -459,10 +300,12 @@ class AnalysisDock(QWidget):
     def colormap(self) -> str:
         return self.cmap_combo.currentText()
 
-    def set_result(self, result, *, redraw: bool = True) -> None:
+    def set_result(self, result, *, redraw: bool = True, lookup: TileLookup | None = None) -> None:
         """Show ``result`` (layers, probabilities, evidence, gallery)."""
         self.result = result
-        self._lookup = TileLookup(result) if result is not None else None
+        if lookup is None and result is not None:
+            lookup = TileLookup(result)
+        self._lookup = lookup
         self._whatif_probs = None
         if result is not None:
             self.prob_view.set_probabilities(result.class_names, result.probabilities)
@@ -492,7 +335,7 @@ class AnalysisDock(QWidget):
         self._update_colorbar()
         if self.result is None:
             return []
-        layers = upsert_layers(self.viewer, self.result_layer_tuples())
+        layers = [write_layer(self.viewer, *t) for t in self.result_layer_tuples()]
         self._update_colorbar()
         return layers
 
@@ -599,4 +442,3 @@ class AnalysisDock(QWidget):
         path, _ = QFileDialog.getOpenFileName(self, "Open result", "", "napari-mil result (*.npz)")
         if path:
             self.open_result(path)
-

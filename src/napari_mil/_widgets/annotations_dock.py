@@ -37,7 +37,14 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..compare import AgreementReport, agreement, disagreement_map, load_tile_maps, tile_coverage
+from ..compare import (
+    NON_LESION_CLASS,
+    AgreementReport,
+    agreement,
+    disagreement_map,
+    load_tile_maps,
+    tile_coverage,
+)
 from ..errors import ExportError, NapariMilError
 from ..export import (
     export_rois,
@@ -288,10 +295,13 @@ class AnnotationsDock(QWidget):
         self.status.setText(message or f"{len(anns)} annotations")
         self.class_list.blockSignals(True)
         self.class_list.clear()
-        for c in anns.filter(area_only=True).classes or ["(unclassified)"]:
+        classes = anns.filter(area_only=True).classes or ["(unclassified)"]
+        # non-lesion classes (tissue, background, other…) start unticked, as in `compare`
+        lesion = [c for c in classes if not NON_LESION_CLASS.fullmatch(c)] or classes
+        for c in classes:
             item = QListWidgetItem(c)
             item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
-            item.setCheckState(Qt.CheckState.Checked)
+            item.setCheckState(Qt.CheckState.Checked if c in lesion else Qt.CheckState.Unchecked)
             self.class_list.addItem(item)
         self.class_list.blockSignals(False)
         self._invalidate()

@@ -37,21 +37,30 @@ class ProbabilityView(QWidget):
 
     def set_probabilities(self, class_names: Sequence[str], probs: np.ndarray | None,
                           note: str = "") -> None:
-        for label, bar in self._bars:
-            label.deleteLater()
-            bar.deleteLater()
-        self._bars = []
+        probs = None if probs is None else np.asarray(probs, dtype=float)
+        names = [class_names[i] if i < len(class_names) else str(i)
+                 for i in range(0 if probs is None else len(probs))]
+        valid = probs is not None and len(probs) > 0 and bool(np.isfinite(probs).all())
+        if not (valid and names == [lab.text() for lab, _bar in self._bars]):
+            for label, bar in self._bars:  # new classes: new rows (else only the values change,
+                label.deleteLater()        # so the window is not laid out again)
+                bar.deleteLater()
+            self._bars = []
         if probs is None or len(probs) == 0:
             self.headline.setText(note or "No result yet.")
             return
-        probs = np.asarray(probs, dtype=float)
-        if not np.isfinite(probs).all():
+        if not valid:
             self.headline.setText("The model returned no valid probabilities (NaN): check the "
                                   "checkpoint and its features.")
             return
         best = int(np.argmax(probs))
         name = class_names[best] if best < len(class_names) else str(best)
         self.headline.setText(f"<b>{name}</b> ({probs[best]:.1%})" + (f" — {note}" if note else ""))
+        if self._bars:
+            for (_label, bar), p in zip(self._bars, probs, strict=True):
+                bar.setValue(round(float(p) * 1000))
+                bar.setFormat(f"{p:.1%}")
+            return
         for i, p in enumerate(probs):
             label = QLabel(class_names[i] if i < len(class_names) else str(i))
             bar = QProgressBar()
@@ -93,6 +102,10 @@ class ColorBar(QWidget):
 
     def set_colormap(self, name: str, limits: tuple[float, float] = (0.0, 1.0),
                      caption: str = "") -> None:
+        key = (name, f"{limits[0]:.3g}", f"{limits[1]:.3g}", caption)
+        if key == getattr(self, "_key", None):
+            return  # unchanged: no new pixmap, no repaint
+        self._key = key
         rgba = np.ascontiguousarray(np.repeat(colormap_rgba(name)[None], 8, axis=0))  # (8, 256, 4)
         self._rgba = rgba  # keep the buffer alive for QImage
         self._image = QImage(rgba.data, rgba.shape[1], rgba.shape[0], rgba.shape[1] * 4,

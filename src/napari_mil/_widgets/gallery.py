@@ -81,7 +81,8 @@ class GalleryPanel(QWidget):
         self.export_btn.clicked.connect(self._export_dialog)
 
     # ---------------------------------------------------------------- building
-    def refresh(self) -> None:
+    def refresh(self, thumbnails: dict | None = None) -> None:
+        """Rebuild the gallery; ``thumbnails`` (tile index → RGB crop) saves reading the slide."""
         from ..layers import top_k_indices
 
         while self._grid.count():
@@ -94,13 +95,15 @@ class GalleryPanel(QWidget):
             return
         sm = result.finest_scale
         idx, vals, source = top_k_indices(sm, self.k_spin.value())
-        slide = self.dock.current_slide()
+        thumbnails = thumbnails or {}
+        slide = None if all(int(i) in thumbnails for i in idx) else self.dock.current_slide()
         for rank, (i, v) in enumerate(zip(idx, vals, strict=True), start=1):
-            self._add_item(rank, sm, int(i), float(v), source, slide)
+            self._add_item(rank, sm, int(i), float(v), source, slide, thumbnails.get(int(i)))
         self.status.setText(f"{len(idx)} tiles at {sm.name} by {source}; "
                             f"{len(result.reviews)} reviewed")
 
-    def _add_item(self, rank: int, sm, index: int, value: float, source: str, slide) -> None:
+    def _add_item(self, rank: int, sm, index: int, value: float, source: str, slide,
+                  crop=None) -> None:
         from .evidence import read_tile, rgb_pixmap
 
         row, col = divmod(rank - 1, 2)
@@ -110,9 +113,11 @@ class GalleryPanel(QWidget):
         thumb = QPushButton()
         thumb.setToolTip(f"#{rank} {sm.name} tile {index}: {source} {value:.3f} "
                          "— click to go there")
-        if slide is not None:
+        if slide is not None or crop is not None:
             try:
-                crop = read_tile(slide, sm.coords_xy[index], sm.tile_size_level0, sm.scale.mpp)
+                if crop is None:
+                    crop = read_tile(slide, sm.coords_xy[index], sm.tile_size_level0,
+                                     sm.scale.mpp)
                 thumb.setIcon(QIcon(rgb_pixmap(crop, _THUMB_PX)))
                 thumb.setIconSize(QSize(_THUMB_PX, _THUMB_PX))
             except Exception:  # noqa: BLE001 - a failed thumbnail must not break the gallery

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-__all__ = ["is_layer_type", "upsert_layer", "upsert_layers", "remove_layers", "find_layer"]
+import numpy as np
+
+__all__ = ["is_layer_type", "upsert_layer", "upsert_layers", "remove_layers", "find_layer",
+           "write_layer", "add_missing_layers", "is_placeholder"]
 
 _UPDATABLE = ("scale", "translate", "colormap", "contrast_limits", "metadata", "features",
               "edge_color", "text")
@@ -31,6 +34,12 @@ def upsert_layer(viewer, data, kwargs: dict, layer_type: str):
 
     layer = find_layer(viewer, kwargs["name"])
     if layer is not None and is_layer_type(layer, layer_type):
+        if layer_type == "shapes" and len(layer.data) > 0 and len(data) > 0:
+            if not _same_shapes(layer, data):  # a rerun often finds the same k tiles
+                layer.data = list(data)  # one data event (napari trims / pads per-shape values)
+            _update_shape_features(layer, kwargs)
+            _update_shape_colors(layer, kwargs)
+            return layer
         if layer_type == "shapes":
             layer.data = []
             if "features" in kwargs:
@@ -58,6 +67,41 @@ def upsert_layer(viewer, data, kwargs: dict, layer_type: str):
     return layer
 
 
+def _same_shapes(layer, data) -> bool:
+    old = layer.data
+    return len(old) == len(data) > 0 and all(
+        np.shape(a) == np.shape(b) and np.array_equal(a, b) for a, b in zip(old, data, strict=True))
+
+
+def _update_shape_features(layer, kwargs: dict) -> None:
+    new = kwargs.get("features")
+    if new is not None:
+        cur = layer.features
+        same = set(cur.columns) == set(new) and all(
+            np.array_equal(np.asarray(cur[k]), np.asarray(v)) for k, v in new.items())
+        if not same:
+            layer.features = new
+    if "metadata" in kwargs:
+        layer.metadata = kwargs["metadata"]
+
+
+def _update_shape_colors(layer, kwargs: dict) -> None:
+    """Edge and text colour of every shape (a placeholder's are transparent)."""
+    from napari.utils.colormaps.standardize_color import transform_color
+
+    edge = kwargs.get("edge_color")
+    if isinstance(edge, str):
+        want = transform_color(edge)[0]
+        if not np.allclose(layer.edge_color, want):
+            layer.edge_color = edge
+    text = kwargs.get("text")
+    color = text.get("color") if isinstance(text, dict) else None
+    if isinstance(color, str):
+        current = getattr(layer.text.color, "constant", None)
+        if current is None or not np.allclose(np.asarray(current), transform_color(color)[0]):
+            layer.text.color = color
+
+
 def upsert_layers(viewer, tuples: Iterable[tuple]) -> list:
     return [upsert_layer(viewer, *t) for t in tuples]
 
@@ -68,3 +112,76 @@ def remove_layers(viewer, names: Iterable[str]) -> None:
         if layer is not None:
             viewer.layers.remove(layer)
 
+
+
+def is_placeholder(layer) -> bool:
+    """An empty layer added ahead of a run (see ``layers.placeholder_layer_data``)."""
+    return bool(layer.metadata.get("placeholder"))
+
+
+def add_missing_layers(viewer, tuples: Iterable[tuple]) -> list[str]:
+    """Add the layers of ``tuples`` whose names are not in the viewer yet; returns their names."""
+    from napari.layers import Layer
+
+    added = []
+    for data, kwargs, kind in tuples:
+        if find_layer(viewer, kwargs["name"]) is None:
+            viewer.add_layer(Layer.create(data, dict(kwargs), kind))
+            added.append(kwargs["name"])
+    return added
+
+
+def _claim_placeholder(viewer, kwargs: dict, layer_type: str):
+    """An unused placeholder of the same kind, scale and slide, renamed to ``kwargs['name']``."""
+    meta = kwargs.get("metadata", {})
+    kind = str(meta.get("kind", "")).split(" (")[0]
+    slide = meta.get("slide_name")
+    for layer in viewer.layers:
+        m = layer.metadata
+        if (is_placeholder(layer) and is_layer_type(layer, layer_type) and m.get("kind") == kind
+                and m.get("scale") == meta.get("scale")
+                and str(layer.name).startswith(f"{slide} · ")):
+            layer.name = kwargs["name"]
+            return layer
+    return None
+
+
+def _write_image(layer, data, kwargs: dict, thumbnail: bool) -> None:
+    for key in ("scale", "translate"):
+        if key in kwargs and tuple(getattr(layer, key)) != tuple(kwargs[key]):
+            setattr(layer, key, kwargs[key])
+    old = layer.data
+    data = np.asarray(data)
+    if (isinstance(old, np.ndarray) and old.shape == data.shape and old.dtype == data.dtype
+            and old.flags.writeable):
+        np.copyto(old, data)  # same texture size: no re-layout of the viewer, only a refresh
+        swapped = False
+    else:
+        layer.data = data
+        swapped = True
+    cmap = kwargs.get("colormap")
+    if cmap is not None and getattr(layer.colormap, "name", None) != cmap:
+        layer.colormap = cmap
+    limits = kwargs.get("contrast_limits")
+    if limits is not None and tuple(layer.contrast_limits) != tuple(float(v) for v in limits):
+        layer.contrast_limits = limits
+    if "metadata" in kwargs:
+        layer.metadata = kwargs["metadata"]
+    if not swapped:
+        layer.refresh(thumbnail=thumbnail)
+
+
+def write_layer(viewer, data, kwargs: dict, layer_type: str, *, thumbnail: bool = True):
+    """Show ``data`` in the layer named ``kwargs['name']`` at the least cost for the viewer.
+
+    An image layer of the same shape gets its values written in place and one refresh (no new
+    texture size, no change of the viewer's extent); an unused placeholder of the same kind is
+    taken over (renamed); a new layer is added only when neither exists. Visibility is kept.
+    """
+    layer = find_layer(viewer, kwargs["name"])
+    if layer is None or not is_layer_type(layer, layer_type):
+        layer = _claim_placeholder(viewer, kwargs, layer_type) if layer is None else None
+    if layer is None or layer_type != "image":
+        return upsert_layer(viewer, data, kwargs, layer_type)
+    _write_image(layer, data, kwargs, thumbnail)
+    return layer

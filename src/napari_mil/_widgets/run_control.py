@@ -1,0 +1,431 @@
+"""Running an analysis from the dock: the worker, progress, staged layer updates, stopping.
+
+A mixin of :class:`~napari_mil._widgets.analysis_dock.AnalysisDock` (it uses the dock's widgets
+and viewer). The worker iterates ``run_slide`` and builds the layers' arrays
+(``run_payload``); everything here runs on the main thread and only writes ready values into
+layers that exist already (added empty when a checkpoint or slide is chosen), so the viewer does
+not stall while a run streams in. Closing the viewer stops and joins the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import weakref
+from types import SimpleNamespace
+
+import numpy as np
+from qtpy.QtCore import QEvent, QObject, QTimer
+
+from ..errors import NapariMilError
+from .display import fmt_eta, slide_path_of
+from .evidence import camera_of
+from .layer_sync import add_missing_layers, is_placeholder, remove_layers, write_layer
+from .run_payload import PayloadBuilder, RunOutcome, RunUpdate
+
+__all__ = ["RunControl"]
+
+_PARTIAL_EVERY_S = 0.5
+_UI_EVERY_S = 0.25  # progress read-out refresh (each repaint of a widget recomposes the window)
+_JOIN_S = 30.0  # how long closing the viewer waits for a run to stop
+# Pause between two staged viewer updates. Not 0: a chain of zero-timers is served before any
+# other timer, repaint or input (Qt's dispatcher), which would stall the viewer as one block.
+_STAGE_GAP_MS = 8
+
+
+class RunControl:
+    """Run / cancel / shut down an analysis and show it as it streams in (main thread)."""
+
+    def _watch_window(self) -> None:
+        """Stop the run when the viewer's window closes (the dock's top-level window)."""
+        window = self.window()
+        if window is self or id(window) == self._watched_window:
+            return
+        self._watched_window = id(window)  # not the window itself: no reference cycle
+        window.installEventFilter(_CloseFilter(self.shutdown, window))
+
+    def event(self, e) -> bool:  # noqa: D102 - Qt's
+        if e.type() in (QEvent.Type.ParentChange, QEvent.Type.Show):
+            self._watch_window()
+        return super().event(e)
+
+    def shutdown(self) -> None:
+        """The viewer is closing: stop and join a run, close the slides opened here (idempotent).
+
+        No callback of the run reaches the dock afterwards, so nothing touches a closed viewer.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if _alive(self._progress_timer):
+            self._progress_timer.stop()
+        self._ui_queue.clear()
+        self._run_id += 1
+        worker, self.worker = self.worker, None
+        if worker is not None:
+            for sig in (worker.yielded, worker.returned, worker.errored, worker.aborted,
+                        worker.finished):
+                with contextlib.suppress(TypeError, RuntimeError):
+                    sig.disconnect()
+            worker.quit()
+            worker.join(_JOIN_S)
+        for slide in self._slides.values():
+            slide.close()
+        self._slides.clear()
+        with contextlib.suppress(AttributeError, RuntimeError, ValueError):
+            self._disconnect_viewer()
+
+    def _warm_extractor(self, model):
+        """The model's patch embedder, built and run once now (not at the press of Run: building
+        and the first batch hold the GIL for long and would stall the viewer during the run)."""
+        ref = model.card.extractor
+        if ref is None:
+            return None
+        try:
+            from ..device import resolve_device
+            from ..features import extract  # noqa: F401 - imported now, not mid-run
+            from ..features.registry import create_extractor
+            from ..inference.run import run_slide  # noqa: F401
+
+            device = resolve_device(self.device_combo.currentText())
+            extractor = create_extractor(ref.name, device=device)
+            size = int(extractor.input_size_px)
+            extractor.embed(np.full((1, size, size, 3), 255, np.uint8))
+        except Exception:  # noqa: BLE001 - run_slide builds it and reports what is wrong
+            return None
+        return extractor
+
+    def placeholder_tuples(self, slide=None) -> list[tuple]:
+        """The empty layers the loaded model's next run on ``slide`` will fill."""
+        from ..layers import placeholder_layer_data
+
+        slide = self.current_slide() if slide is None else slide
+        if self.model is None or slide is None:
+            return []
+        return placeholder_layer_data(self.model.card, slide.name, float(slide.mpp or 1.0),
+                                      tuple(slide.dimensions), colormap=self.colormap,
+                                      top_k=self.gallery.k_spin.value())
+
+    def prepare_layers(self, slide=None) -> list[str]:
+        """Add the next run's layers, empty, before it starts (adding layers is what stalls
+        napari; a run then only writes values). Unused empty layers of other slides go."""
+        try:
+            tuples = self.placeholder_tuples(slide)
+        except NapariMilError:
+            return []
+        names = {kw["name"] for _d, kw, _k in tuples}
+        stale = [lyr.name for lyr in self.viewer.layers
+                 if is_placeholder(lyr) and lyr.name not in names]
+        remove_layers(self.viewer, stale)
+        return add_missing_layers(self.viewer, tuples)
+
+    # ------------------------------------------------------------------ running
+    @property
+    def is_running(self) -> bool:
+        """A run's worker is alive."""
+        return self.worker is not None
+
+    @property
+    def is_busy(self) -> bool:
+        """A run is alive or its layers are still being added."""
+        return self.worker is not None or bool(self._ui_queue) or self._partial_scheduled
+
+    def viewport_xywh(self, slide) -> tuple[int, int, int, int] | None:
+        """The visible part of the slide in level-0 px (x, y, w, h), or None if unknown."""
+        mpp = slide.mpp or 1.0
+        try:
+            camera = camera_of(self.viewer)
+            cy, cx = camera.center[-2:]
+            zoom = float(camera.zoom)
+            h_px, w_px = self.viewer.canvas.size
+        except (AttributeError, TypeError, ValueError):
+            return None
+        half_w, half_h = w_px / zoom / 2.0, h_px / zoom / 2.0
+        x0, y0 = max((cx - half_w) / mpp, 0.0), max((cy - half_h) / mpp, 0.0)
+        x1 = min((cx + half_w) / mpp, slide.dimensions[0])
+        y1 = min((cy + half_h) / mpp, slide.dimensions[1])
+        if x1 <= x0 or y1 <= y0:
+            return None
+        return int(x0), int(y0), int(x1 - x0), int(y1 - y0)
+
+    def make_settings(self, slide):
+        """RunSettings from the dock (device, batch size, the visible region first)."""
+        kw = {"device": self.device_combo.currentText(), "batch_size": int(self.batch_spin.value()),
+              "viewport_xywh": self.viewport_xywh(slide), **self.settings_overrides}
+        try:
+            from ..inference.run import RunSettings
+        except ImportError:
+            if self.run_fn is None:
+                raise
+            return SimpleNamespace(**kw)
+        return RunSettings(**kw)
+
+    def run(self) -> bool:
+        """Start the analysis of the chosen slide with the loaded model (returns at once)."""
+        if self.is_busy or self._closed:
+            return False
+        if self.model is None:
+            self.notify_error("Load a checkpoint first (Load checkpoint…).")
+            return False
+        try:
+            slide = self.current_slide()
+            if slide is None:
+                self.notify_error("Open a slide first (File ▸ Open), then choose it here.")
+                return False
+            settings = self.make_settings(slide)
+            self.prepare_layers(slide)  # normally there already (added at checkpoint load)
+        except (NapariMilError, OSError) as exc:
+            self.notify_error(exc)
+            return False
+        from .workers import start_run_worker
+
+        run_fn = self.run_fn
+        if run_fn is None and self._extractor is not None and self._same_device(settings):
+            from functools import partial
+
+            from ..inference.run import run_slide
+
+            run_fn = partial(run_slide, extractor=self._extractor)
+
+        self._run_layers = set()
+        self._run_slide_layer = self.slide_combo.currentText()
+        self._run_slide_path = slide_path_of(self.current_slide_layer())
+        self._run_info = SimpleNamespace(slide_name=slide.name, slide_hash=slide.content_hash,
+                                         slide_dimensions=tuple(slide.dimensions),
+                                         slide_mpp=float(slide.mpp or 1.0),
+                                         class_names=tuple(self.model.card.class_names))
+        builder = PayloadBuilder(self._run_info, normalisation=self.normalisation,
+                                 colormap=self.colormap, top_k=self.gallery.k_spin.value(),
+                                 slide=slide)
+        self.progress_log = []
+        self.run_warnings = []
+        self.first_partial_s = None
+        self._t_run0 = time.perf_counter()
+        self._last_partial = 0.0
+        self._last_progress_ui = 0.0
+        self._run_id += 1
+        self._ui_queue.clear()
+        self._pending_partial = None
+        self._pending_progress = None
+        self._partial_scheduled = False
+        self._prepare_after_run = False
+        self._settle_pending = True
+        self.last_error = None
+        self.run_btn.setEnabled(False)
+        self.cancel_btn.setEnabled(True)
+        self._set_bar(0, 1)  # not the busy indicator: it animates, i.e. repaints all the time
+        self.status_label.setText("Starting…")
+        self.worker = start_run_worker(
+            slide, self.model, settings, on_yield=self._on_progress, on_return=self._on_done,
+            on_error=self._on_error, on_abort=self._on_abort, on_finish=self._on_finish,
+            run_fn=run_fn, builder=builder, on_warning=self._on_warning)
+        return True
+
+    def _same_device(self, settings) -> bool:
+        from ..device import resolve_device
+
+        try:
+            return resolve_device(getattr(settings, "device", "auto")) == self._extractor.device
+        except (NapariMilError, ValueError, RuntimeError):
+            return False
+
+    def cancel(self) -> None:
+        """Stop the run at its next step; its partial values are taken out of the layers."""
+        if self.worker is not None:
+            self.status_label.setText("Cancelling…")
+            self.worker.quit()
+
+    def _set_bar(self, value: int, total: int) -> None:
+        """Set the progress bar without QProgressBar's synchronous repaint (one per frame)."""
+        bar = self.progress
+        bar.setUpdatesEnabled(False)
+        try:
+            bar.setRange(0, total)
+            bar.setValue(value)
+        finally:
+            bar.setUpdatesEnabled(True)
+        bar.update()
+
+    def _on_progress(self, update) -> None:
+        p = update.progress if isinstance(update, RunUpdate) else update
+        self.progress_log.append(p)
+        self._pending_progress = p
+        if not self._progress_timer.isActive():
+            wait = _UI_EVERY_S - (time.perf_counter() - self._last_progress_ui)
+            self._progress_timer.start(max(int(wait * 1000), 0))
+        layers = update.layers if isinstance(update, RunUpdate) else ()
+        if layers:
+            self._pending_partial = layers
+            if not self._partial_scheduled:
+                self._partial_scheduled = True
+                wait = _PARTIAL_EVERY_S - (time.perf_counter() - self._last_partial)
+                run_id = self._run_id
+                QTimer.singleShot(max(int(wait * 1000), 0),
+                                  lambda: self._stage(self._apply_partial, run_id))
+
+    def _on_warning(self, message: str) -> None:
+        """A warning of the run (e.g. a tile that cannot be decoded): shown once per run, all
+        kept in ``run_warnings`` and counted when the run ends."""
+        if self._closed:
+            return
+        self.run_warnings.append(message)
+        if len(self.run_warnings) == 1:
+            from napari.utils.notifications import show_warning
+
+            show_warning(message)
+
+    def _show_progress(self) -> None:
+        p, self._pending_progress = self._pending_progress, None
+        if p is None or self.worker is None:
+            return
+        self._last_progress_ui = time.perf_counter()
+        total = max(int(p.total), 1)
+        self._set_bar(min(int(p.done), total), total)
+        stage = getattr(p.stage, "value", p.stage)
+        rate = f"{p.tiles_per_s:.0f} tiles/s" if p.tiles_per_s else ""
+        self.status_label.setText(
+            f"{stage}: {p.done}/{p.total} {rate} ETA {fmt_eta(p.eta_s)}"
+            + (f" — {p.message}" if p.message else ""))
+
+    # Work on the viewer is queued and done one piece per event-loop turn, so that painting
+    # and input are handled between two layer updates (no long stall while a run streams in).
+    def _stage(self, fn, run_id: int | None = None) -> None:
+        self._ui_queue.append((self._run_id if run_id is None else run_id, fn))
+        if len(self._ui_queue) == 1:
+            QTimer.singleShot(_STAGE_GAP_MS, self._drain_one)
+
+    def _drain_one(self) -> None:
+        if not self._ui_queue or self._closed:
+            return
+        run_id, fn = self._ui_queue.popleft()
+        try:
+            if run_id == self._run_id:
+                fn()
+        except Exception as exc:  # noqa: BLE001 - a failed update must not kill the session
+            self.notify_error(exc)
+        finally:
+            if self._ui_queue:
+                QTimer.singleShot(_STAGE_GAP_MS, self._drain_one)
+            else:
+                self._maybe_settled()
+
+    def _maybe_settled(self) -> None:
+        if self._settle_pending and not self.is_busy and not self._closed:
+            self._settle_pending = False  # once per run
+            self.run_settled.emit()
+
+    def _apply_partial(self) -> None:
+        self._partial_scheduled = False
+        tuples, self._pending_partial = self._pending_partial, None
+        if not tuples or self.worker is None:
+            return
+        self._last_partial = time.perf_counter()
+        for data, kwargs, kind in tuples:
+            layer = write_layer(self.viewer, data, kwargs, kind, thumbnail=False)
+            self._run_layers.add(layer.name)
+        if self.first_partial_s is None:
+            self.first_partial_s = time.perf_counter() - self._t_run0
+
+    def _on_done(self, outcome) -> None:
+        if not isinstance(outcome, RunOutcome):  # a run without a builder
+            outcome = RunOutcome(outcome)
+        result = outcome.result
+        if result is None or self._closed:  # closed before the end
+            return
+        self._pending_partial = None
+        self._partial_scheduled = False
+        self._run_id += 1  # a partial update still queued is stale now
+        self._ui_queue.clear()
+        self.set_result(result, redraw=False, lookup=outcome.lookup)
+        self._update_colorbar()
+        tuples = list(outcome.layers) or self.result_layer_tuples()
+        for t in tuples:
+            self._stage(lambda t=t: write_layer(self.viewer, *t))
+        for t in outcome.tissue_layers:
+            self._stage(lambda t=t: write_layer(self.viewer, *t))
+        keep = {kw["name"] for _d, kw, _k in [*tuples, *outcome.tissue_layers]}
+        self._stage(lambda: self._remove_unfilled(result.slide_name, keep))
+        self._stage(lambda: self.gallery.refresh(outcome.thumbnails or None))
+        self._run_layers = set()
+        warned = (f" {len(self.run_warnings)} warning(s): {self.run_warnings[0]}"
+                  if self.run_warnings else "")
+        self.status_label.setText(
+            f"Done: {sum(len(s) for s in result.scales.values())} tiles "
+            f"in {result.elapsed_s:.1f} s.{warned}")
+
+    def _remove_unfilled(self, slide_name: str, keep: set[str]) -> None:
+        """Empty layers of this slide the result did not use (the model has no such output)."""
+        remove_layers(self.viewer, [
+            lyr.name for lyr in self.viewer.layers
+            if is_placeholder(lyr) and lyr.name not in keep
+            and str(lyr.name).startswith(f"{slide_name} · ")])
+
+    def _drop_run_layers(self) -> None:
+        """Take a stopped run's values out of the viewer: its layers show the previous result
+        again, or are empty (as before the run); nothing half-drawn stays."""
+        self._run_id += 1  # staged updates of this run become no-ops
+        self._ui_queue.clear()
+        self._pending_partial = None
+        self._partial_scheduled = False
+        if self._closed:
+            return
+        try:
+            empty = {kw["name"]: (d, kw, k) for d, kw, k in self.placeholder_tuples()}
+        except (NapariMilError, OSError):
+            empty = {}
+        for name in sorted(self._run_layers):
+            if name in empty:
+                write_layer(self.viewer, *empty[name])
+            else:
+                remove_layers(self.viewer, [name])
+        self._run_layers = set()
+        if self.result is not None:
+            self.redraw_layers()
+
+    def _on_error(self, exc: BaseException) -> None:
+        self._drop_run_layers()
+        self.notify_error(exc)
+
+    def _on_abort(self) -> None:
+        self._drop_run_layers()
+        self.status_label.setText("Cancelled.")
+
+    def _on_finish(self) -> None:
+        self.worker = None
+        if self._closed:
+            return
+        self._progress_timer.stop()
+        self._pending_progress = None
+        self.run_btn.setEnabled(True)
+        self.cancel_btn.setEnabled(False)
+        self._set_bar(1 if self.result is not None else 0, 1)
+        self._close_unused_slides()  # the run's slide may have been closed in the viewer
+        if self._prepare_after_run:  # the model or the slide changed during the run
+            self._prepare_after_run = False
+            self._stage(self.prepare_layers)
+        if not self._ui_queue:
+            self._maybe_settled()
+
+
+def _alive(obj) -> bool:
+    """The Qt object behind ``obj`` still exists."""
+    try:
+        obj.objectName()
+    except RuntimeError:
+        return False
+    return True
+
+
+class _CloseFilter(QObject):
+    """Calls ``on_close`` when the watched window gets its close event (before it goes)."""
+
+    def __init__(self, on_close, parent: QObject) -> None:
+        super().__init__(parent)
+        self._on_close = weakref.WeakMethod(on_close)  # the window must not keep the dock alive
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt's name
+        if event.type() == QEvent.Type.Close:
+            on_close = self._on_close()
+            if on_close is not None:
+                on_close()
+        return False
