@@ -198,3 +198,19 @@ def test_agreement_panel_over_the_sample_slide(
         and meta["slide_hash"] == slide.content_hash
     )
     slide.close()
+
+
+def test_non_lesion_classes_start_unticked(make_napari_viewer):
+    from napari_mil._widgets.annotations_dock import AnnotationsDock
+
+    dock = AnnotationsDock(make_napari_viewer())
+    anns = AnnotationSet((
+        Annotation(shapely.box(0, 0, 100, 100), class_name="Tumor", name="t"),
+        Annotation(shapely.box(0, 0, 900, 900), class_name="Tissue", name="all"),
+        Annotation(shapely.box(200, 200, 300, 300), class_name="Other", name="o"),
+    ))
+    dock.set_annotations(anns)
+    assert dock.positive_classes() == ["Tumor"]
+    only_tissue = AnnotationSet((anns[1],))  # nothing else to call positive: keep it ticked
+    dock.set_annotations(only_tissue)
+    assert dock.positive_classes() == ["Tissue"]

@@ -98,3 +98,47 @@ def test_slides_sharing_a_name_are_refused_before_any_work(tmp_path, make_slide)
     with pytest.raises(ConfigError, match="share the output folder"):
         check_unique_keys([a, b])
     check_unique_keys([a, a])  # the same file twice is fine
+
+
+def test_a_worker_loads_the_checkpoint_once_for_many_slides(cohort, monkeypatch):
+    import napari_mil.models.checkpoint as checkpoint
+    from napari_mil.batch import _load_model_once, process_slide
+
+    tmp_path, slides, _bad, ckpt = cohort
+    loads = []
+    real = checkpoint.load_model
+    monkeypatch.setattr(checkpoint, "load_model",
+                        lambda *a, **k: loads.append(a[0]) or real(*a, **k))
+    _load_model_once.cache_clear()
+    out = tmp_path / "cached"
+    settings = {"device": "cpu", "batch_size": 16}
+    for s in slides[:2]:  # one process = one worker
+        assert process_slide(str(s), str(ckpt), str(out), settings).status == "ok"
+    assert len(loads) == 1
+    import os
+    st = ckpt.stat()
+    os.utime(ckpt, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a new checkpoint file
+    assert process_slide(str(slides[2]), str(ckpt), str(out), settings).status == "ok"
+    assert len(loads) == 2
+    _load_model_once.cache_clear()
+
+
+def test_rerun_keeps_complete_outputs_and_clears_leftover_temp_files(cohort):
+    from napari_mil.batch import process_slide
+
+    tmp_path, slides, _bad, ckpt = cohort
+    out = tmp_path / "redo"
+    settings = {"device": "cpu", "batch_size": 16}
+    assert process_slide(str(slides[0]), str(ckpt), str(out), settings).status == "ok"
+    d = out / slide_key(slides[0])
+    stamp = (d / "result.npz").stat().st_mtime_ns
+    # a task dask runs again after its worker died keeps what is complete
+    again = process_slide(str(slides[0]), str(ckpt), str(out), settings)
+    assert again.status == "ok" and (d / "result.npz").stat().st_mtime_ns == stamp
+    # a killed attempt left temp files and no done.json: the rerun starts clean
+    (d / ".result.npz.x1y2.tmp").write_bytes(b"half")
+    (d / ".heatmap.ome.tif.k9.tmp").write_bytes(b"half")
+    (d / "done.json").unlink()
+    assert process_slide(str(slides[0]), str(ckpt), str(out), settings).status == "ok"
+    assert is_complete(d) and not list(d.glob(".*.tmp"))
+    assert (d / "result.npz").stat().st_mtime_ns != stamp

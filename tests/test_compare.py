@@ -205,3 +205,34 @@ def test_tile_maps_from_a_saved_slide_result(tmp_path, capsys):
     reports = json.loads(capsys.readouterr().out)["reports"]
     assert [r["layer"] for r in reports] == ["instance scores", "attention"]
     assert reports[0]["auroc"] == 1.0 and reports[1]["mass_inside"] == pytest.approx(0.55)
+
+
+def test_default_positive_classes_leave_out_tissue_background_other_ignore(tmp_path, capsys):
+    from napari_mil.compare import default_positive_classes
+
+    anns = _anns(
+        (shapely.box(0, 0, 20, 20), "Tissue"),  # the whole tissue outline
+        (shapely.box(0, 0, 10, 10), "Tumor"),
+        (shapely.box(10, 10, 20, 20), "background"),
+        (shapely.box(10, 0, 20, 10), "Ignore*"),
+        (shapely.box(0, 10, 10, 20), "OTHER"),
+        (shapely.box(0, 0, 5, 5), "Normal tissue"),  # a lesion class name that merely says tissue
+    )
+    assert default_positive_classes(anns) == ("Tumor", "Normal tissue")
+    tv = TileValues(GRID, 10, [0.9, 0.1, 0.2, 0.3], name="score", scale="20x")
+    (r,) = agreement_table([tv], anns, per_class=False)
+    assert r.classes == ("Tumor", "Normal tissue") and r.auroc == 1.0  # only tile 0 is positive
+    with pytest.raises(AnnotationError, match="--positive"):
+        default_positive_classes(_anns((shapely.box(0, 0, 20, 20), "Tissue")))
+    assert default_positive_classes(_anns((shapely.box(0, 0, 5, 5), None))) == ()
+
+    ann_path = write_annotations(anns, tmp_path / "a.geojson")
+    table = save_tile_maps([tv], tmp_path / "r.npz")
+    assert main(["compare", str(table), "-a", str(ann_path), "--no-per-class"]) == 0
+    out = capsys.readouterr().out
+    assert "positive classes (default): Tumor+Normal tissue" in out
+    assert "not positive: Tissue, background, Ignore*, OTHER" in out
+    assert main(["compare", str(table), "-a", str(ann_path), "--json", "--positive", "Tissue"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["positive_classes"] == ["Tissue"] and doc["positive_default"] is False
+    assert doc["reports"][0]["classes"] == ["Tissue"]

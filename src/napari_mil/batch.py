@@ -5,15 +5,23 @@ Each slide's outputs go to ``OUT/<slide>/``: ``result.npz`` (the SlideResult), `
 written last, ``done.json`` listing them with their sizes. A slide counts as complete only when
 ``done.json`` exists and matches its files, so a killed run loses at most the slides in flight
 and a rerun skips the rest. ``summary.csv`` (slide, status, probabilities, predicted class,
-runtime, error) is rewritten atomically after every slide.
+runtime, error) is rewritten atomically after every slide. A rerun also removes temporary
+files a killed attempt left behind (``.<output>.*.tmp``).
+
+Each worker process keeps the models it loaded (:func:`load_model_cached`, keyed by checkpoint
+path, modification time, size and device), so a worker analysing many slides reads the
+checkpoint once. ``settings`` may name an ``extractor`` (a registered name or a model file) to
+use instead of the one in the model card; the other keys are :class:`RunSettings` fields.
 """
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -24,10 +32,10 @@ from typing import Any
 from ._types import PathLike
 from .errors import ConfigError, NapariMilError
 from .io import SLIDE_SUFFIXES
-from .io.atomic import atomic_write_csv, atomic_write_text
+from .io.atomic import atomic_write_csv, atomic_write_text, describe_write_error, is_write_fault
 
 __all__ = ["SlideStatus", "SlideOutcome", "expand_slides", "check_unique_keys", "process_slide",
-           "is_complete", "run_cohort", "write_summary"]
+           "is_complete", "run_cohort", "write_summary", "load_model_cached"]
 
 log = logging.getLogger(__name__)
 
@@ -103,33 +111,79 @@ def is_complete(slide_dir: Path) -> bool:
         return False
 
 
-def _outcome_from_done(slide: Path, slide_dir: Path) -> SlideOutcome:
+def _outcome_from_done(slide: PathLike, slide_dir: Path,
+                       status: SlideStatus = SlideStatus.SKIPPED) -> SlideOutcome:
     done = json.loads((slide_dir / DONE).read_text())
-    return SlideOutcome(str(slide), SlideStatus.SKIPPED, done.get("probabilities", {}),
+    return SlideOutcome(str(slide), status, done.get("probabilities", {}),
                         done.get("predicted_class", ""), float(done.get("runtime_s", 0.0)),
                         "", str(slide_dir))
+
+
+@functools.lru_cache(maxsize=2)
+def _load_model_once(path: str, mtime_ns: int, size: int, device: str):
+    from .models.checkpoint import load_model
+
+    return load_model(path, device=device)
+
+
+def load_model_cached(checkpoint: PathLike, device: str = "cpu"):
+    """The model of ``checkpoint`` on ``device``, loaded once per process (per worker) and
+    reloaded when the file changes (path, modification time and size are the key)."""
+    path = Path(checkpoint).resolve()
+    try:
+        st = path.stat()
+    except OSError:  # let load_model raise its clear CheckpointError
+        return _load_model_once.__wrapped__(str(path), 0, 0, str(device))
+    return _load_model_once(str(path), st.st_mtime_ns, st.st_size, str(device))
+
+
+def _clear_attempt(slide_dir: Path) -> None:
+    """Remove an earlier attempt's outputs and the temporary files a killed write left."""
+    for name in (DONE, *OUTPUTS):  # done.json first: the slide stops counting as complete
+        if (slide_dir / name).exists():
+            (slide_dir / name).unlink()
+    for name in (DONE, *OUTPUTS):
+        for tmp in slide_dir.glob(f".{glob.escape(name)}.*.tmp"):
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
+
+
+def _failure_message(exc: Exception, out_dir: Path) -> str:
+    """The error of a failed slide; a write fault in the output folder says what to do."""
+    name = getattr(exc, "filename", None)
+    if is_write_fault(exc) and name and Path(name).resolve().is_relative_to(out_dir.resolve()):
+        return f"ExportError: {describe_write_error(exc, Path(name))}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def process_slide(slide_path: str, checkpoint: str, out_dir: str,
                   settings: dict[str, Any] | None = None, overwrite: bool = False) -> SlideOutcome:
     """Analyse one slide and write its outputs (runs on a dask worker; never raises for a
-    bad slide: the error is returned in the outcome)."""
+    bad slide: the error is returned in the outcome).
+
+    Complete outputs are kept unless ``overwrite``: a task dask runs again (its worker died
+    after it finished) returns the recorded outcome instead of redoing the slide.
+    """
     from .export.heatmap import write_heatmap_tiff
     from .export.tables import write_tiles_csv, write_tiles_geojson
     from .inference.run import RunSettings, analyze_slide
     from .io.slide import open_slide
-    from .models.checkpoint import load_model
 
     t0 = time.perf_counter()
     slide_dir = Path(out_dir) / slide_key(slide_path)
+    settings = dict(settings or {})
+    extractor = settings.pop("extractor", None)
+    if not overwrite and is_complete(slide_dir):
+        return _outcome_from_done(slide_path, slide_dir, SlideStatus.OK)
     try:
+        run_settings = RunSettings(**settings)
         slide_dir.mkdir(parents=True, exist_ok=True)
-        for name in (DONE, *OUTPUTS):  # an incomplete earlier attempt is redone from scratch
-            if (slide_dir / name).exists():
-                (slide_dir / name).unlink()
+        _clear_attempt(slide_dir)  # an incomplete earlier attempt is redone from scratch
         with open_slide(slide_path) as slide:
-            model = load_model(checkpoint, device=(settings or {}).get("device", "cpu"))
-            result = analyze_slide(slide, model, settings=RunSettings(**(settings or {})))
+            model = load_model_cached(checkpoint, str(settings.get("device", "cpu")))
+            result = analyze_slide(slide, model, settings=run_settings, extractor=extractor)
             result.save(slide_dir / "result.npz")
             maps = result.tile_values()
             write_tiles_csv(maps, slide_dir / "tiles.csv")
@@ -149,7 +203,7 @@ def process_slide(slide_path: str, checkpoint: str, out_dir: str,
     except (NapariMilError, OSError, ValueError, RuntimeError) as exc:
         log.warning("slide %s failed: %s", slide_path, exc)
         return SlideOutcome(str(slide_path), SlideStatus.FAILED, runtime_s=time.perf_counter() - t0,
-                            error=f"{type(exc).__name__}: {exc}", out_dir=str(slide_dir))
+                            error=_failure_message(exc, Path(out_dir)), out_dir=str(slide_dir))
 
 
 def write_summary(outcomes: Iterable[SlideOutcome], path: Path, class_names: Sequence[str]) -> Path:
@@ -239,6 +293,7 @@ def run_cohort(slides: Sequence[PathLike], checkpoint: PathLike, out_dir: PathLi
             except Exception as exc:  # a worker died mid-slide: record it, keep going
                 outcome = SlideOutcome(str(futures[fut]), SlideStatus.FAILED,
                                        error=f"worker lost: {type(exc).__name__}: {exc}")
+            fut.release()  # done with it: a worker lost later must not make dask recompute it
             outcomes.append(outcome)
             write_summary(outcomes, summary, class_names)
             if on_outcome:

@@ -12,11 +12,18 @@ the positive classes' polygons (:func:`tile_coverage`). Then, for one tile map:
 
 Thresholds apply to *normalised* values: instance scores are used as they are (probabilities),
 attention is min–max scaled to [0, 1] per map (attention is relative within a slide).
+
+Positive classes default to every annotation class with polygons *except* classes named like
+a non-lesion region: ``tissue``, ``background``, ``other``, ``ignore`` (also ``ignored``,
+``region``, ``exclude``), compared case-insensitively on the whole name, a trailing ``*`` (QuPath's
+``Ignore*``, ``Region*``) allowed (:func:`default_positive_classes`). Pass the classes
+explicitly to use any of those.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +45,7 @@ __all__ = [
     "agreement",
     "agreement_table",
     "average_precision",
+    "default_positive_classes",
     "disagreement_map",
     "load_tile_maps",
     "normalized_values",
@@ -47,6 +55,11 @@ __all__ = [
     "tile_coverage",
     "union_area",
 ]
+
+#: class names left out of the default positive classes (whole name, case-insensitive)
+NON_LESION_CLASS = re.compile(
+    r"\s*(tissue|background|other|ignored?|region|excluded?)\s*\*?\s*", re.IGNORECASE
+)
 
 #: codes of :func:`disagreement_map`
 DISAGREEMENT_LABELS = {0: "agree", 1: "high outside annotations", 2: "annotated, model ignored"}
@@ -293,9 +306,23 @@ class AgreementReport:
         return d
 
 
+def default_positive_classes(annotations: AnnotationSet) -> tuple[str, ...]:
+    """Every class with polygons except non-lesion ones (tissue, background, other, ignore…);
+    ``()`` (every polygon) when the polygons carry no class."""
+    classes = tuple(annotations.filter(area_only=True).classes)
+    keep = tuple(c for c in classes if not NON_LESION_CLASS.fullmatch(c))
+    if classes and not keep:
+        raise AnnotationError(
+            f"Every annotation class ({', '.join(map(repr, classes))}) names a non-lesion "
+            "region (tissue, background, other, ignore): say which classes count as positive "
+            "(--positive CLASS …)."
+        )
+    return keep
+
+
 def _check_classes(annotations: AnnotationSet, classes: Iterable[str] | None) -> tuple[str, ...]:
     if classes is None:
-        return tuple(annotations.filter(area_only=True).classes)
+        return default_positive_classes(annotations)
     wanted = tuple(classes)
     missing = [c for c in wanted if c not in annotations.classes]
     if missing:
@@ -318,9 +345,9 @@ def agreement(
 ) -> AgreementReport:
     """Agreement metrics of one tile map against the union of ``positive_classes``.
 
-    ``positive_classes=None`` uses every class with polygons (and unclassified polygons when
-    there are no classes). Pass a precomputed ``coverage`` to re-threshold cheaply (the dock's
-    slider does).
+    ``positive_classes=None`` uses :func:`default_positive_classes` (every class with polygons
+    but tissue/background/other/ignore; unclassified polygons when there are no classes).
+    Pass a precomputed ``coverage`` to re-threshold cheaply (the dock's slider does).
     """
     if not 0.0 < min_coverage <= 1.0:
         raise ConfigError(f"min_coverage must be in (0, 1], got {min_coverage}.")

@@ -139,3 +139,17 @@ def test_slide_without_mpp_is_refused_with_advice(tmp_path, make_slide):
     model = _model(tmp_path, "abmil")
     with pytest.raises((MissingMppError, ConfigError), match="mpp"):
         next(run_slide(slide, model, settings=_settings(tmp_path)))
+
+
+def test_a_bag_over_the_models_limit_is_refused_before_embedding(tmp_path, make_slide):
+    from napari_mil.errors import ModelError
+
+    slide = open_slide(make_slide("big.svs", size=(2048, 3072)))
+    model = _model(tmp_path, "transmil")
+    model.max_forward_bytes = 3 * model.bytes_per_instance  # room for three instances
+    stages = []
+    with pytest.raises(ModelError, match="too large for TransMIL.*Sample the bag"):
+        for prog in run_slide(slide, model, settings=_settings(tmp_path)):
+            stages.append(prog.stage)
+    assert RunStage.TILING in stages and RunStage.FEATURES not in stages
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.zarr*"))

@@ -35,7 +35,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
         nargs="+",
         default=None,
         metavar="CLASS",
-        help="classes that count as positive (default: every class with polygons)",
+        help="classes that count as positive (default: every class with polygons except "
+        "non-lesion ones named tissue, background, other, ignore, region, exclude — "
+        "case-insensitive, trailing '*' allowed)",
     )
     p.add_argument(
         "--threshold",
@@ -67,17 +69,20 @@ def _fmt(v) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..compare import agreement_table, load_tile_maps
+    from ..compare import agreement_table, default_positive_classes, load_tile_maps
     from ..io.annotations import read_annotations
 
     maps = load_tile_maps(args.result)
     anns = read_annotations(args.annotations, strict=not args.lenient)
     if anns.report and anns.report.skipped:
         print(anns.report.summary(), file=sys.stderr)
+    all_classes = list(anns.filter(area_only=True).classes)
+    positive = list(args.positive) if args.positive else list(default_positive_classes(anns))
+    left_out = [c for c in all_classes if c not in positive]
     reports = agreement_table(
         maps,
         anns,
-        positive_classes=args.positive,
+        positive_classes=positive if positive else None,
         per_class=not args.no_per_class,
         threshold=args.threshold,
         top_k=args.top_k,
@@ -87,6 +92,9 @@ def run(args: argparse.Namespace) -> int:
         doc = {
             "result": str(args.result),
             "annotations": str(args.annotations),
+            "positive_classes": positive,
+            "positive_default": not args.positive,
+            "classes_left_out": left_out,
             "reports": [r.to_dict(curves=args.curves) for r in reports],
         }
         print(json.dumps(doc, indent=1))
@@ -120,6 +128,10 @@ def run(args: argparse.Namespace) -> int:
         )
         for r in reports
     ]
+    used = "+".join(positive) or "(every polygon: no classes)"
+    how = "given" if args.positive else "default"
+    print(f"positive classes ({how}): {used}"
+          + (f"; not positive: {', '.join(left_out)}" if left_out else ""))
     widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
     print("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
     for r in rows:

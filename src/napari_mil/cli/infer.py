@@ -27,6 +27,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--device", default=Device.AUTO, choices=[d.value for d in Device])
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--min-tissue", type=float, default=0.25, help="tissue fraction a tile needs")
+    p.add_argument("--extractor", default=None,
+                   help="registered name or a .safetensors / .pt2 / TorchScript file to embed "
+                        "tiles with (default: the extractor named in the model card)")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="feature cache folder (default: $NAPARI_MIL_CACHE or the user cache)")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
     p.add_argument("--overwrite", action="store_true", help="recompute slides that are complete")
     p.set_defaults(func=run)
     return p
@@ -41,7 +47,12 @@ def run(args: argparse.Namespace) -> int:
     slides = expand_slides(args.slides)
     read_checkpoint_card(args.checkpoint)  # fail fast on a bad checkpoint, before any worker starts
     settings = {"device": args.device, "batch_size": args.batch_size, "min_tissue": args.min_tissue,
-                "num_workers": 2}
+                "num_workers": 2, "use_cache": not args.no_cache}
+    if args.cache_dir is not None:  # absolute: workers may run in another directory
+        settings["cache_dir"] = str(args.cache_dir.expanduser().resolve())
+    if args.extractor is not None:
+        ref = Path(args.extractor).expanduser()
+        settings["extractor"] = str(ref.resolve()) if ref.is_file() else args.extractor
     bar = tqdm(total=len(slides), unit="slide", desc="cohort", file=sys.stderr)
 
     def show(outcome) -> None:

@@ -24,7 +24,7 @@ import numpy as np
 
 from .._types import PathLike
 from ..errors import ExportError
-from ..io.atomic import atomic_path, atomic_write_text, check_writable
+from ..io.atomic import atomic_path, check_writable
 from ..io.tile_maps import TileValues
 
 __all__ = [
@@ -140,21 +140,20 @@ def write_heatmap_tiff(
     check_writable(side, overwrite=overwrite)
     raster, d = rasterize_tile_values(tv, downsample=downsample, slide_dimensions=slide_dimensions)
     data, info = _encode(raster, dtype)
-    write_pyramidal_tiff(
-        p,
-        data,
-        style="ome",
-        mpp=(d * tv.mpp) if tv.mpp else None,
-        compression=compression,
-        tile_size=256,
-        overwrite=overwrite,
-        resolution_tags=True,
-    )
-    atomic_write_text(
-        side,
-        json.dumps(_sidecar(tv, d, raster.shape, info, "ome-tiff"), indent=1),
-        overwrite=overwrite,
-    )
+    # the sidecar is committed only after the TIFF: a failed TIFF write keeps both old files
+    with atomic_path(side, overwrite=overwrite) as side_tmp:
+        side_tmp.write_text(json.dumps(_sidecar(tv, d, raster.shape, info, "ome-tiff"), indent=1),
+                            encoding="utf-8")
+        write_pyramidal_tiff(
+            p,
+            data,
+            style="ome",
+            mpp=(d * tv.mpp) if tv.mpp else None,
+            compression=compression,
+            tile_size=256,
+            overwrite=overwrite,
+            resolution_tags=True,
+        )
     return p
 
 

@@ -24,7 +24,7 @@ from .. import __version__
 from .._types import PathLike
 from ..errors import ExportError
 from ..io.annotations import AnnotationSet
-from ..io.atomic import atomic_path, atomic_write_text, check_writable
+from ..io.atomic import atomic_path, check_writable
 from ..io.tile_maps import TileValues
 
 __all__ = [
@@ -204,12 +204,11 @@ def export_rois(
         }
         if roi.polygon_xy is not None:
             meta["polygon_level0_xy"] = [list(p) for p in roi.polygon_xy]
-        _write_image(img_path, img, fmt, info["mpp"], overwrite)
-        atomic_write_text(
-            side,
-            json.dumps(meta, indent=1, allow_nan=False, default=_jsonable),
-            overwrite=overwrite,
-        )
+        text = json.dumps(meta, indent=1, allow_nan=False, default=_jsonable)
+        # the sidecar is committed only after the image: a failed crop keeps both old files
+        with atomic_path(side, overwrite=overwrite) as side_tmp:
+            side_tmp.write_text(text, encoding="utf-8")
+            _write_image(img_path, img, fmt, info["mpp"], overwrite)
         written.append(img_path)
     return written
 

@@ -29,6 +29,9 @@ __all__ = [
 CARD_VERSION = 1
 #: key of the card in a safetensors file's metadata
 CARD_METADATA_KEY = "napari_mil.extractor_card"
+#: sanity bounds checked before anything is allocated (the load check embeds a dummy batch)
+MAX_INPUT_SIZE_PX = 4096
+MAX_OUTPUT_DIM = 1_000_000
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -77,10 +80,14 @@ class ExtractorCard:
         problems = []
         if not str(self.name).strip():
             problems.append("name is empty")
-        if not isinstance(self.input_size_px, int) or self.input_size_px < 8:
-            problems.append(f"input_size_px must be an integer ≥ 8 (got {self.input_size_px!r})")
-        if not isinstance(self.output_dim, int) or self.output_dim < 1:
-            problems.append(f"output_dim must be a positive integer (got {self.output_dim!r})")
+        if (not isinstance(self.input_size_px, int) or isinstance(self.input_size_px, bool)
+                or not 8 <= self.input_size_px <= MAX_INPUT_SIZE_PX):
+            problems.append(f"input_size_px must be an integer in 8..{MAX_INPUT_SIZE_PX} "
+                            f"(got {self.input_size_px!r})")
+        if (not isinstance(self.output_dim, int) or isinstance(self.output_dim, bool)
+                or not 1 <= self.output_dim <= MAX_OUTPUT_DIM):
+            problems.append(f"output_dim must be an integer in 1..{MAX_OUTPUT_DIM:,} "
+                            f"(got {self.output_dim!r})")
         if len(self.mean) != 3 or not all(math.isfinite(v) for v in self.mean):
             problems.append(f"mean needs 3 finite values (got {self.mean!r})")
         if len(self.std) != 3 or not all(math.isfinite(v) and v > 0 for v in self.std):

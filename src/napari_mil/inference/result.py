@@ -110,6 +110,11 @@ class SlideResult:
         default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     )
     complete: bool = True
+    #: tiles of the slide that could not be decoded and what the run did about them:
+    #: ``{"damaged_tiles": [[level, tx, ty], ...], "damaged_boxes_xywh": [[x, y, w, h], ...]
+    #: (level-0 px), "skipped_patches": {scale: n}, "skipped_coords_xy": {scale: [[x, y], ...]}}``;
+    #: empty when every tile decoded
+    slide_damage: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         probs = np.asarray(self.probabilities, dtype=np.float32).reshape(-1)
@@ -187,6 +192,7 @@ class SlideResult:
             "elapsed_s": self.elapsed_s,
             "created_utc": self.created_utc,
             "complete": self.complete,
+            "slide_damage": dict(self.slide_damage),
             "scales": {
                 name: {"scale": sm.scale.to_dict(), "tile_size_level0": sm.tile_size_level0,
                        "extras": sorted(sm.extras)}
@@ -268,6 +274,7 @@ def load_result(path: PathLike) -> SlideResult:
             settings=meta["settings"], reviews=meta.get("reviews", {}),
             elapsed_s=float(meta.get("elapsed_s", 0.0)), created_utc=meta.get("created_utc", ""),
             complete=bool(meta.get("complete", True)),
+            slide_damage=meta.get("slide_damage") or {},
         )
     except ResultError:
         raise

@@ -12,6 +12,11 @@ Three input layouts, chosen from the model (``input_layout`` attribute or archit
   ``(1, N, S, D)``.
 - ``pyramid``: ZoomMIL — every coarsest tile embedded, then only the children of the tiles
   the model selects (quadtree), scale by scale.
+
+Tiles of the slide that cannot be decoded read as grey placeholders (see
+:mod:`napari_mil.io.slide`): patches read over one are left out of the bag (bag and concentric
+layouts; ZoomMIL only records them), a progress message says how many, and
+``SlideResult.slide_damage`` lists the damaged tiles and the skipped patches.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from ..config import Device
-from ..errors import ConfigError, ModelError
+from ..errors import ConfigError, CorruptSlideError, ModelError
 from ..io.feature_set import FeatureSet
 from ..tiling.tissue import TissueMask, TissueParams
 from .result import ScaleMap, SlideResult
@@ -234,7 +239,56 @@ def _np(t) -> np.ndarray:
     return t.detach().float().cpu().numpy()
 
 
-def _run_bag(slide, model, tissue, extractor, features, settings, device):
+def _damaged_mask(slide, boxes: np.ndarray, input_px: int) -> np.ndarray:
+    """(N,) True where a level-0 box ``(N, 4)`` overlaps a damaged tile of the native level
+    its patch is read from (the finest native level not finer than the patch needs)."""
+    from ..tiling.patches import boxes_overlapping, level_for_downsample
+
+    hit = np.zeros(len(boxes), bool)
+    if not len(boxes) or not getattr(slide, "damaged_tiles", None):
+        return hit
+    native = slide.level_downsamples[: slide.native_level_count]
+    need = float(np.min(boxes[:, 2])) / float(input_px)
+    return boxes_overlapping(boxes, slide.damaged_tile_boxes(level_for_downsample(native, need)))
+
+
+def _skip_damaged(slide, mask: np.ndarray, coords: np.ndarray, scale: str, damage: dict
+                  ) -> Generator[RunProgress, None, np.ndarray]:
+    """Record the patches over damaged tiles in ``damage``; return the indices to keep."""
+    n, k = len(mask), int(mask.sum())
+    if k == n:
+        raise CorruptSlideError(
+            f"{slide.name}: every one of the {n} tissue patches at {scale} overlaps a tile "
+            "that cannot be decoded, so there is nothing left to analyse: the file is damaged. "
+            "Copy it again from the scanner or archive.")
+    if k:
+        damage.setdefault("skipped_patches", {})[scale] = k
+        damage.setdefault("skipped_coords_xy", {})[scale] = coords[mask].tolist()
+        yield RunProgress(RunStage.FEATURES, n, n, message=(
+            f"Skipped {k} of {n} patches at {scale}: they overlap {len(slide.damaged_tiles)} "
+            "damaged tile(s) of the slide (shown grey). Copy the file again for a complete "
+            "analysis."), extra={"skipped_patches": k})
+    return np.flatnonzero(~mask)
+
+
+def _damage_report(slide, damage: dict) -> dict:
+    tiles = sorted(getattr(slide, "damaged_tiles", ()) or ())
+    if not tiles and not damage:
+        return {}
+    return {"damaged_tiles": [list(t) for t in tiles],
+            "damaged_boxes_xywh": slide.damaged_tile_boxes().tolist(),
+            "skipped_patches": {}, "skipped_coords_xy": {}, **damage}
+
+
+def _check_bag_size(model, n: int) -> None:
+    """Refuse, before anything is embedded, a bag larger than the model takes in one forward
+    (models with a documented limit expose ``check_bag_size``, e.g. TransMIL)."""
+    check = getattr(model, "check_bag_size", None)
+    if callable(check):
+        check(int(n))
+
+
+def _run_bag(slide, model, tissue, extractor, features, settings, device, damage):
     from ..tiling.grid import GridSpec, make_grid
 
     scale = model.card.scales[0]
@@ -246,14 +300,21 @@ def _run_bag(slide, model, tissue, extractor, features, settings, device):
         from ..models.checkpoint import check_features
 
         check_features(model.card, fs.extractor.get("name") or None, fs.dim)
+        _check_bag_size(model, len(feats))
     else:
         yield RunProgress(RunStage.TILING, 0, 1, message=f"Tiling at {scale.name}")
         grid = make_grid(slide, GridSpec(scale, settings.min_tissue), tissue)
         yield RunProgress(RunStage.TILING, 1, 1, message=f"{len(grid)} tiles at {scale.name}")
+        _check_bag_size(model, len(grid))
         fs = yield from _embed_with_partials(
             slide, lambda f, c: _partial_scores(model, f, device, c), grid, extractor, settings,
             device)
         coords, tile_size, feats = grid.coords_xy, grid.tile_size_level0, fs.features
+        keep = yield from _skip_damaged(
+            slide, _damaged_mask(slide, grid.boxes(), extractor.card.input_size_px), coords,
+            scale.name, damage)
+        if len(keep) < len(coords):
+            coords, feats = coords[keep], feats[keep]
         extractor_card = extractor.card.to_dict()
     yield RunProgress(RunStage.MODEL, 0, 1,
                       message=f"Running {model.card.architecture} on {len(feats)} tiles")
@@ -267,7 +328,7 @@ def _run_bag(slide, model, tissue, extractor, features, settings, device):
     return {scale.name: sm}, _probabilities(out), extractor_card
 
 
-def _run_concentric(slide, model, tissue, extractor, settings, device):
+def _run_concentric(slide, model, tissue, extractor, settings, device, damage):
     from ..features.extract import extract_concentric
     from ..tiling.grid import GridSpec, make_grid
 
@@ -278,6 +339,7 @@ def _run_concentric(slide, model, tissue, extractor, settings, device):
     grid = make_grid(slide, GridSpec(finest, settings.min_tissue), tissue)
     n = len(grid)
     yield RunProgress(RunStage.TILING, 1, 1, message=f"{n} tiles at {finest.name}")
+    _check_bag_size(model, n)
     gen = extract_concentric(slide, grid, extractor, factors, batch_size=settings.batch_size,
                              device=device, order=_order(grid, settings),
                              cache=_cache_arg(settings), num_workers=settings.num_workers)
@@ -298,6 +360,15 @@ def _run_concentric(slide, model, tissue, extractor, settings, device):
                           f"Embedding concentric fields at {prog.scale}")
     names = [s.name for s in model.card.scales]
     x = np.stack([per_scale[s].features for s in names], axis=1)  # (N, S, D)
+    from ..tiling.grid import context_windows
+
+    windows = context_windows(grid, factors)  # (N, S, 4)
+    mask = np.zeros(n, bool)
+    for k in range(windows.shape[1]):
+        mask |= _damaged_mask(slide, windows[:, k], extractor.card.input_size_px)
+    keep = yield from _skip_damaged(slide, mask, grid.coords_xy, finest.name, damage)
+    if len(keep) < n:
+        grid, x = grid.subset(keep), x[keep]
     yield RunProgress(RunStage.MODEL, 0, 1, message=f"Running {model.card.architecture}")
     out = _forward_bag(model, x, device)
     scores = None if out.instance_scores is None else _np(out.instance_scores[0])
@@ -315,7 +386,7 @@ def _run_concentric(slide, model, tissue, extractor, settings, device):
     return maps, _probabilities(out), extractor.card.to_dict()
 
 
-def _run_pyramid(slide, model, tissue, extractor, settings, device):
+def _run_pyramid(slide, model, tissue, extractor, settings, device, damage):
     import torch
 
     from ..features.extract import extract_features, run_to_end
@@ -405,15 +476,16 @@ def run_slide(slide, model, *, extractor=None,
     elif layout is not InputLayout.BAG:
         raise ConfigError(f"Imported features work with single-scale models; "
                           f"{model.card.architecture} embeds its tiles itself.")
+    damage: dict = {}  # what was skipped over damaged tiles (ZoomMIL: flagged only)
     if layout is InputLayout.BAG:
         maps, probs, ex_card = yield from _run_bag(slide, model, tissue, extractor, features,
-                                                   settings, device)
+                                                   settings, device, damage)
     elif layout is InputLayout.CONCENTRIC:
         maps, probs, ex_card = yield from _run_concentric(slide, model, tissue, extractor,
-                                                          settings, device)
+                                                          settings, device, damage)
     else:
         maps, probs, ex_card = yield from _run_pyramid(slide, model, tissue, extractor,
-                                                       settings, device)
+                                                       settings, device, damage)
     card = model.card
     class_names = card.class_names
     if len(probs) == 1 and len(class_names) == 2:  # one sigmoid logit for a binary task
@@ -423,6 +495,7 @@ def run_slide(slide, model, *, extractor=None,
         slide_mpp=float(slide.mpp), slide_dimensions=slide.dimensions, class_names=class_names,
         probabilities=probs, scales=maps, model_card=card.to_dict(), extractor_card=ex_card,
         settings=settings.to_dict(), elapsed_s=time.perf_counter() - t0,
+        slide_damage=_damage_report(slide, damage),
     )
     yield RunProgress(RunStage.DONE, 1, 1, message=f"{result.predicted_class} "
                       f"({float(np.max(probs)):.0%}) in {result.elapsed_s:.1f} s")

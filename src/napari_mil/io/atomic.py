@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import os
 import shutil
@@ -19,7 +20,15 @@ from typing import Any
 from .._types import PathLike
 from ..errors import ExportError
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "check_writable"]
+__all__ = [
+    "atomic_path",
+    "atomic_write_bytes",
+    "atomic_write_csv",
+    "atomic_write_text",
+    "check_writable",
+    "describe_write_error",
+    "is_write_fault",
+]
 
 
 def _default_mode(target: Path, is_dir: bool) -> int:
@@ -32,10 +41,37 @@ def _default_mode(target: Path, is_dir: bool) -> int:
         return (0o777 if is_dir else 0o666) & ~umask
 
 
+_NO_SPACE = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_NO_PERMISSION = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def is_write_fault(exc: BaseException) -> bool:
+    """True for the OSErrors of a full disk or a folder without write permission."""
+    return isinstance(exc, OSError) and exc.errno in (_NO_SPACE | _NO_PERMISSION)
+
+
+def describe_write_error(exc: OSError, target: Path) -> str:
+    """A message for a failed write of ``target``: what went wrong and what to do."""
+    reason = exc.strerror or str(exc)
+    if exc.errno in _NO_SPACE:
+        return (f"Writing {target} failed: the disk may be full or the file too large "
+                f"({reason}). Free some space or choose another folder; the previous file is "
+                "unchanged.")
+    if exc.errno in _NO_PERMISSION:
+        return (f"Cannot write {target}: {reason}. The folder {target.parent} is read-only "
+                "for you: choose another folder or check its permissions; the previous file "
+                "is unchanged.")
+    return f"Writing {target} failed ({reason}); the previous file is unchanged."
+
+
 def check_writable(path: PathLike, *, overwrite: bool = False) -> Path:
     """Return ``path`` as a Path; refuse an existing target unless ``overwrite``."""
     target = Path(path)
-    if target.exists() and not overwrite:
+    try:
+        exists = target.exists()
+    except OSError as exc:  # a folder on the way that we may not enter
+        raise ExportError(describe_write_error(exc, target)) from exc
+    if exists and not overwrite:
         raise ExportError(
             f"{target} already exists: choose another name or pass overwrite=True (--overwrite)."
         )
@@ -44,7 +80,10 @@ def check_writable(path: PathLike, *, overwrite: bool = False) -> Path:
         try:
             parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise ExportError(f"Cannot create folder {parent}: {exc.strerror or exc}.") from exc
+            raise ExportError(
+                f"Cannot create folder {parent} for {target.name}: {exc.strerror or exc}. "
+                "Choose another folder or check its permissions (and free disk space)."
+            ) from exc
     return target
 
 
@@ -65,9 +104,7 @@ def atomic_path(path: PathLike, *, overwrite: bool = False, is_dir: bool = False
             os.close(fd)
             tmp = Path(name)
     except OSError as exc:
-        raise ExportError(
-            f"Cannot write in {target.parent}: {exc.strerror or exc}. Choose a writable folder."
-        ) from exc
+        raise ExportError(describe_write_error(exc, target)) from exc
     try:
         yield tmp
         os.chmod(tmp, _default_mode(target, is_dir))  # mkstemp/mkdtemp create private files
@@ -78,7 +115,11 @@ def atomic_path(path: PathLike, *, overwrite: bool = False, is_dir: bool = False
                 old = target.with_name(f".{target.name}.old")
                 shutil.rmtree(old, ignore_errors=True)
                 os.replace(target, old)
-                os.replace(tmp, target)
+                try:
+                    os.replace(tmp, target)
+                except BaseException:
+                    os.replace(old, target)  # put the previous folder back
+                    raise
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 os.replace(tmp, target)
@@ -93,9 +134,7 @@ def atomic_path(path: PathLike, *, overwrite: bool = False, is_dir: bool = False
             with contextlib.suppress(OSError):
                 tmp.unlink()
         if isinstance(exc, OSError):
-            raise ExportError(
-                f"Writing {target} failed ({exc.strerror or exc}); the previous file is unchanged."
-            ) from exc
+            raise ExportError(describe_write_error(exc, target)) from exc
         raise
 
 

@@ -261,6 +261,16 @@ class FeatureCache:
             n, d = int(attrs["n"]), int(attrs["dim"])
             if dim is not None and d != dim:
                 raise FeatureError(f"it holds {d}-d features, the extractor gives {dim}")
+            if coords is not None and n != len(coords):
+                raise FeatureError(f"it holds {n} tiles, the grid has {len(coords)}")
+            # shapes from the metadata, checked before reading anything (a forged shape must
+            # not make us allocate it)
+            for name, want in (("coords", (n, 2)), ("features", (n, d)), ("index", (n,))):
+                if tuple(group[name].shape) != want:
+                    raise FeatureError(f"its {name!r} array has shape {tuple(group[name].shape)}, "
+                                       f"expected {want}")
+            if not 0 <= int(attrs["committed"]) <= n:
+                raise FeatureError(f"it claims {attrs['committed']} committed rows of {n}")
             stored_coords = np.asarray(group["coords"][...], dtype=np.int64)
             if stored_coords.shape != (n, 2) or zlib.crc32(
                     np.ascontiguousarray(stored_coords).tobytes()) != attrs["coords_crc"]:

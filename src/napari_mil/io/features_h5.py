@@ -32,6 +32,9 @@ __all__ = ["read_clam_h5", "read_features_h5", "read_trident_h5", "write_trident
 
 #: relative slack for magnification / spacing comparisons
 _TOL = 0.1
+#: refuse (before reading) feature matrices larger than this many values (16 GiB of float32)
+MAX_FEATURE_VALUES = 2**32
+MAX_FEATURE_DIM = 1_000_000
 
 
 def _open(path: Path):
@@ -71,12 +74,42 @@ def _number(attrs: dict, key: str, path: Path) -> float | None:
 
 def _read_arrays(path: Path) -> tuple[np.ndarray, np.ndarray, dict, dict]:
     """features (N, D) float32, coords (N, 2) int64, coords attrs, file/feature attrs."""
+    try:
+        return _read_arrays_unchecked(path)
+    except FeatureError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError, MemoryError) as exc:
+        raise FeatureError(f"{path} is damaged or unreadable ({_first_line(exc)}); extract the "
+                           "features again or get an intact copy.") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+
+
+def _refuse_links(fh, path: Path) -> None:
+    """External links and virtual datasets would read other files: refuse them."""
+    import h5py
+
+    for key in ("features", "coords"):
+        link = fh.get(key, getlink=True)
+        if isinstance(link, h5py.ExternalLink):
+            raise FeatureError(f"{path}: {key!r} is a link to another file "
+                               f"({link.filename}); copy the data into the file itself.")
+        obj = fh.get(key)
+        if getattr(obj, "is_virtual", False):
+            raise FeatureError(f"{path}: {key!r} is a virtual dataset that reads other files; "
+                               "copy the data into the file itself.")
+
+
+def _read_arrays_unchecked(path: Path) -> tuple[np.ndarray, np.ndarray, dict, dict]:
     with _open(path) as fh:
         missing = [k for k in ("features", "coords") if k not in fh]
         if missing:
             raise FeatureError(
                 f"{path} lacks the dataset(s) {missing} (it has {sorted(fh.keys())}); a "
                 "CLAM/TRIDENT features file has 'features' (N, D) and 'coords' (N, 2).")
+        _refuse_links(fh, path)
         dfeat, dcoord = fh["features"], fh["coords"]
         if not hasattr(dfeat, "shape") or not hasattr(dcoord, "shape"):
             raise FeatureError(f"{path}: 'features' and 'coords' must be datasets, not groups.")
@@ -94,7 +127,15 @@ def _read_arrays(path: Path) -> tuple[np.ndarray, np.ndarray, dict, dict]:
                                "the file is inconsistent (truncated or mixed up).")
         if dfeat.dtype.kind not in "fiu" or dcoord.dtype.kind not in "fiu":
             raise FeatureError(f"{path}: features ({dfeat.dtype}) and coords ({dcoord.dtype}) "
-                               "must be numeric.")
+                               "must be real numbers (float or int); re-export the features.")
+        if fshape[0] == 0:
+            raise FeatureError(f"{path} holds no tiles (0 feature rows); extract the features "
+                               "again (was tissue found on the slide?).")
+        if fshape[1] > MAX_FEATURE_DIM or fshape[0] * fshape[1] > MAX_FEATURE_VALUES:
+            raise FeatureError(
+                f"{path}: 'features' claims shape {fshape} ({fshape[0] * fshape[1]:,} values), "
+                f"implausibly large (limit {MAX_FEATURE_VALUES:,} values, D ≤ "
+                f"{MAX_FEATURE_DIM:,}); the file is damaged or not a features file.")
         feats = np.asarray(dfeat[...], dtype=np.float32).reshape(fshape)
         coords_raw = np.asarray(dcoord[...])
         cattrs = {k: _scalar(v) for k, v in dcoord.attrs.items()}
@@ -225,7 +266,13 @@ def read_clam_h5(path: PathLike, slide: Slide | None = None, *, patch_size: int 
                            f"({patch_level}) ≥ 0.")
     if downsample is None and "downsample" in cattrs:
         ds_attr = cattrs["downsample"]
-        downsample = float(ds_attr[0] if isinstance(ds_attr, list) else ds_attr)
+        try:
+            downsample = float(ds_attr[0] if isinstance(ds_attr, list) else ds_attr)
+        except (TypeError, ValueError, IndexError):
+            downsample = math.nan
+        if not (math.isfinite(downsample) and downsample > 0):
+            raise FeatureError(f"{path}: coords attribute 'downsample' is {ds_attr!r}, not a "
+                               "positive number; pass downsample=... or the slide.")
     if downsample is None:
         if patch_level == 0:
             downsample = 1.0
@@ -252,8 +299,12 @@ def read_clam_h5(path: PathLike, slide: Slide | None = None, *, patch_size: int 
 def read_features_h5(path: PathLike, slide: Slide | None = None, **clam_kwargs: Any) -> FeatureSet:
     """TRIDENT when the coords carry its attributes, else CLAM (needs patch size/level)."""
     path = Path(path)
-    with _open(path) as fh:
-        trident = "coords" in fh and "patch_size_level0" in fh["coords"].attrs
+    try:
+        with _open(path) as fh:
+            trident = "coords" in fh and "patch_size_level0" in fh["coords"].attrs
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
+        raise FeatureError(f"{path} is damaged or unreadable ({_first_line(exc)}); extract the "
+                           "features again or get an intact copy.") from None
     if trident:
         return read_trident_h5(path, slide)
     return read_clam_h5(path, slide, **clam_kwargs)

@@ -13,7 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["SlideInfo", "parse_ome_xml", "read_slide_info", "mpp_from_resolution"]
+__all__ = ["SlideInfo", "parse_ome_xml", "read_slide_info", "mpp_from_resolution", "PixelFormat",
+           "pixel_format", "to_rgb8", "check_geometry", "check_ifd_chain",
+           "check_tile_extents", "MAX_SIDE_PX", "MAX_CHUNK_BYTES"]
 
 #: micrometres per unit of OME ``PhysicalSizeXUnit``
 _OME_UNITS_UM = {
@@ -121,3 +123,185 @@ def read_slide_info(properties: Mapping[str, Any], tiff_page=None) -> SlideInfo:
     if mpp_y is None:
         mpp_y = mpp_x
     return SlideInfo(mpp_x, mpp_y, mag, vendor, source)
+
+
+# ------------------------------------------------------------------ pixel formats
+#: TIFF Photometric values
+_MINISWHITE, _MINISBLACK, _RGB, _PALETTE, _SEPARATED, _YCBCR = 0, 1, 2, 3, 5, 6
+#: ExtraSamples value of associated (premultiplied) alpha
+_ASSOCALPHA = 1
+_CONVERT_HINT = ("convert it to 8-bit RGB, e.g. `vips tiffsave in.tif out.tif --tile "
+                 "--pyramid --compression jpeg` after `vips colourspace in.tif rgb.v srgb`")
+
+
+@dataclass(frozen=True)
+class PixelFormat:
+    """How the samples of a level map to uint8 RGB (see :func:`pixel_format`).
+
+    * 8-bit samples are kept; 16-bit samples keep their high byte (``v >> 8``: the full
+      0..65535 range maps to 0..255, so 12-bit data looks dark — stretch it before if needed).
+    * one sample (grey) is repeated to R = G = B; MinIsWhite grey is inverted first.
+    * a fourth sample of an RGB image is alpha, composited on white (glass): unassociated
+      alpha ``out = (rgb·a + 255·(255 − a) + 127) // 255``, associated (premultiplied)
+      ``out = min(255, rgb + 255 − a)``.
+    """
+
+    samples: int
+    bits: int
+    invert: bool = False
+    alpha: str | None = None  # "unassociated" | "associated" | None
+
+
+def pixel_format(page, name: str) -> PixelFormat:
+    """The :class:`PixelFormat` of a tifffile page, or :class:`UnsupportedSlideError` saying
+    what to convert the file to (CMYK, palette, 2 or > 4 channels, float or signed samples)."""
+    from ..errors import UnsupportedSlideError
+
+    spp = int(page.samplesperpixel)
+    photometric = int(page.photometric)
+    dtype = page.dtype
+    if dtype is None or dtype.kind not in "u" or dtype.itemsize not in (1, 2):
+        kind = {"f": "floating-point", "i": "signed-integer", "b": "1-bit"}.get(
+            getattr(dtype, "kind", ""), str(dtype))
+        raise UnsupportedSlideError(
+            f"{name} stores {kind} samples ({dtype}); napari-mil reads 8- or 16-bit unsigned "
+            f"brightfield images: {_CONVERT_HINT}.")
+    if photometric == _SEPARATED:
+        raise UnsupportedSlideError(
+            f"{name} is a CMYK (separated) image; napari-mil reads RGB slides: {_CONVERT_HINT}.")
+    if photometric == _PALETTE:
+        raise UnsupportedSlideError(
+            f"{name} is a palette (indexed-colour) image; napari-mil reads RGB slides: "
+            f"{_CONVERT_HINT}.")
+    if photometric not in (_MINISWHITE, _MINISBLACK, _RGB, _YCBCR):
+        raise UnsupportedSlideError(
+            f"{name} uses TIFF photometric interpretation {photometric} (not RGB or grey): "
+            f"{_CONVERT_HINT}.")
+    if spp == 1:
+        return PixelFormat(1, dtype.itemsize * 8, invert=photometric == _MINISWHITE)
+    if spp == 3 and photometric in (_RGB, _YCBCR):
+        return PixelFormat(3, dtype.itemsize * 8)
+    if spp == 4 and photometric == _RGB:
+        extra = tuple(int(e) for e in (page.extrasamples or ()))
+        kind = "associated" if extra[:1] == (_ASSOCALPHA,) else "unassociated"
+        return PixelFormat(4, dtype.itemsize * 8, alpha=kind)
+    raise UnsupportedSlideError(
+        f"{name} has {spp} channels per pixel; napari-mil reads grey, RGB or RGBA brightfield "
+        f"slides (multiplexed or 2-channel images are not supported): {_CONVERT_HINT}.")
+
+
+def to_rgb8(arr, fmt: PixelFormat):
+    """Raw level samples (H, W) or (H, W, S) → (H, W, 3) uint8 following ``fmt``."""
+    import numpy as np
+
+    a = np.asarray(arr)
+    if a.dtype == np.uint16:
+        a = (a >> 8).astype(np.uint8)
+    elif a.dtype != np.uint8:
+        a = a.astype(np.uint8)
+    if a.ndim == 3 and fmt.samples == 1:
+        a = a[..., 0]
+    if a.ndim == 2:
+        if fmt.invert:
+            a = 255 - a
+        return np.repeat(a[..., None], 3, axis=2)
+    if fmt.alpha is None or a.shape[2] < 4:
+        return np.ascontiguousarray(a[..., :3])
+    rgb = a[..., :3].astype(np.uint16)
+    alpha = a[..., 3:4].astype(np.uint16)
+    if fmt.alpha == "associated":
+        out = np.minimum(rgb + (255 - alpha), 255)
+    else:
+        out = (rgb * alpha + 255 * (255 - alpha) + 127) // 255
+    return out.astype(np.uint8)
+
+
+# ------------------------------------------------------------------ geometry
+#: longest side (px) a level may claim; beyond that the header is damaged (no scan is 26 cm)
+MAX_SIDE_PX = 2**20
+#: largest decoded tile or strip (bytes) a level may need for one read
+MAX_CHUNK_BYTES = 256 * 2**20
+
+
+def check_geometry(pages, name: str) -> None:
+    """Refuse headers whose sizes cannot be real before anything is allocated for them:
+    :class:`CorruptSlideError` (absurd sizes, tile tables that do not fit the image) or
+    :class:`UnsupportedSlideError` (tiles or strips too large to read a region at a time)."""
+    from ..errors import CorruptSlideError, UnsupportedSlideError
+
+    for page in pages:
+        if not hasattr(page, "imagewidth") or getattr(page, "is_ndpi", False):
+            continue  # NDPI levels are single JPEG strips that tiffslide reads by MCU rows
+        w, h = int(page.imagewidth), int(page.imagelength)
+        if not (1 <= w <= MAX_SIDE_PX and 1 <= h <= MAX_SIDE_PX):
+            raise CorruptSlideError(
+                f"{name}: its header says an image is {w:,} × {h:,} px, which no scanner "
+                f"produces (1 to {MAX_SIDE_PX:,} px per side): the file is damaged. Copy it "
+                "again from the source.")
+        spp = max(1, int(page.samplesperpixel))
+        per = spp if int(page.planarconfig) == 2 else 1
+        depth = max(1, int(getattr(page, "imagedepth", 1) or 1))
+        item = page.dtype.itemsize if page.dtype is not None else 1
+        if page.is_tiled:
+            th, tw = int(page.tilelength), int(page.tilewidth)
+            if th < 1 or tw < 1:
+                raise CorruptSlideError(
+                    f"{name}: its header gives tiles of {tw} × {th} px: the file is "
+                    "damaged. Copy it again from the source.")
+            need = math.ceil(h / th) * math.ceil(w / tw) * per * math.ceil(
+                depth / max(1, int(getattr(page, "tiledepth", 1) or 1)))
+            chunk = th * tw * spp * item
+        else:
+            rows = min(h, max(1, int(page.rowsperstrip or h)))
+            need = math.ceil(h / rows) * per * depth
+            chunk = rows * w * spp * item
+        have = len(getattr(page, "dataoffsets", ()) or ())
+        if have != need:
+            raise CorruptSlideError(
+                f"{name}: an image of {w:,} × {h:,} px needs {need:,} tiles or strips but "
+                f"the file lists {have:,}: its header is damaged. Copy it again from the source.")
+        if chunk > MAX_CHUNK_BYTES:
+            raise UnsupportedSlideError(
+                f"{name} stores its pixels in {'tiles' if page.is_tiled else 'strips'} of "
+                f"{chunk / 2**20:,.0f} MiB each, too large to read a region at a time: convert it "
+                "to a tiled pyramidal TIFF, e.g. `vips tiffsave in.tif out.tif --tile --pyramid "
+                "--compression jpeg`.")
+
+
+def check_ifd_chain(tif, size: int, name: str) -> None:
+    """A chain of image directories pointing past the end of the file means truncation."""
+    from ..errors import CorruptSlideError
+
+    try:
+        len(tif.pages)  # parses every page
+        pos = tif.pages._nextpageoffset
+        if pos is None:
+            return
+        tif.filehandle.seek(pos)
+        raw = tif.filehandle.read(tif.tiff.offsetsize)
+        nxt = int.from_bytes(raw, "little" if tif.byteorder == "<" else "big")
+    except Exception:  # noqa: BLE001 - tifffile internals differ between versions
+        return
+    if nxt >= size or len(raw) < tif.tiff.offsetsize:
+        raise CorruptSlideError(
+            f"{name} is truncated: an image directory lies at byte {nxt:,} but the file "
+            f"ends at {size:,}. Copy the slide again (the transfer was probably interrupted).")
+
+
+def check_tile_extents(pages, size: int, name: str) -> None:
+    """Tile or strip data reaching past the end of the file means truncation."""
+    import numpy as np
+
+    from ..errors import CorruptSlideError
+
+    for page in pages:
+        offsets = getattr(page, "dataoffsets", ())
+        counts = getattr(page, "databytecounts", ())
+        if not len(offsets):
+            continue
+        end = int((np.asarray(offsets, np.int64) + np.asarray(counts, np.int64)).max())
+        if end > size:
+            raise CorruptSlideError(
+                f"{name} is truncated: its image data needs {end:,} bytes but the file has "
+                f"{size:,}. Copy the slide again (the transfer was probably interrupted)."
+            )

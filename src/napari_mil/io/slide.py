@@ -9,6 +9,16 @@ array (``slide.pyramid``) plus a fast, thread-safe :meth:`Slide.read_region`. Ba
   through tiffslide's zarr view.
 * openslide, when installed, for files tiffslide cannot read (MIRAX, VMS, ...).
 
+Other pixel formats are converted to uint8 RGB as :class:`~napari_mil.io.metadata.PixelFormat`
+documents (grey, RGBA on white, 16-bit high byte) or refused with
+:class:`UnsupportedSlideError` (CMYK, palette, float, 2 or > 4 channels, planar RGB).
+Headers with absurd geometry (sides > ``MAX_SIDE_PX``, tile tables that do not fit the image,
+data past the end of the file) are :class:`CorruptSlideError` before anything is allocated.
+
+A tile that cannot be decoded does not stop the slide: it reads as a mid-grey placeholder
+(``tiles.DAMAGED_GREY``, not white, so it is not mistaken for glass), is recorded in
+:attr:`Slide.damaged_tiles` and reported once by a :class:`DamagedTileWarning`.
+
 Single-level or shallow pyramids get computed lower levels (2× area averages, made per tile on
 demand and cached) until the smallest level is at most ~1024 px, so zoomed-out views stay cheap.
 """
@@ -36,8 +46,17 @@ from ..errors import (
     UnsupportedSlideError,
 )
 from . import pyramid as _pyr
-from .metadata import read_slide_info
+from .metadata import (
+    PixelFormat,
+    check_geometry,
+    check_ifd_chain,
+    check_tile_extents,
+    pixel_format,
+    read_slide_info,
+    to_rgb8,
+)
 from .tiles import (
+    DAMAGED_GREY,
     DownsampledLevel,
     FileHandle,
     JpegTileLevel,
@@ -48,12 +67,15 @@ from .tiles import (
     jpeg_page_supported,
 )
 
-__all__ = ["Slide", "open_slide", "content_fingerprint", "MissingMppWarning"]
+__all__ = ["Slide", "open_slide", "content_fingerprint", "MissingMppWarning",
+           "DamagedTileWarning"]
 
 #: bytes of decoded tiles kept per slide (all levels together)
 TILE_CACHE_BYTES = 32 * 2**20
 #: bytes sampled at the start, middle and end of the file by :func:`content_fingerprint`
 HASH_SAMPLE_BYTES = 1 * 2**20
+#: tiles decoded per native level to decide whether every tile is damaged
+DAMAGE_PROBE_TILES = 256
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _OTHER_MAGIC = {
@@ -69,6 +91,47 @@ _OTHER_MAGIC = {
 
 class MissingMppWarning(UserWarning):
     """The slide does not record its pixel size."""
+
+
+class DamagedTileWarning(UserWarning):
+    """A tile of the slide cannot be decoded: it is shown as a grey placeholder."""
+
+
+class _DamagedTiles:
+    """Thread-safe record of the native tiles that failed to decode: (level, tx, ty) → why."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.downsamples: tuple[float, ...] = ()
+        self._tiles: dict[tuple[int, int, int], str] = {}
+        self._lock = threading.Lock()
+
+    def record(self, reader, ty: int, tx: int, exc: Exception) -> None:
+        """``TiledLevel.on_damaged``: remember the tile and warn the first time."""
+        level = int(reader.key[1])
+        key = (level, int(tx), int(ty))
+        with self._lock:
+            if key in self._tiles:
+                return
+            self._tiles[key] = str(exc)
+        ds = self.downsamples[level] if level < len(self.downsamples) else 1.0
+        x0, y0 = tx * reader.tile_width, ty * reader.tile_height
+        x1 = min(reader.width, x0 + reader.tile_width)
+        y1 = min(reader.height, y0 + reader.tile_height)
+        warnings.warn(
+            f"{self.name}: tile ({tx}, {ty}) of level {level} (level-0 px x {round(x0 * ds):,}"
+            f"-{round(x1 * ds):,}, y {round(y0 * ds):,}-{round(y1 * ds):,}) cannot be decoded "
+            f"({exc}). It is shown as a grey placeholder and analyses skip the patches over "
+            "it; the file is damaged: copy it again from the scanner or archive.",
+            DamagedTileWarning, stacklevel=2)
+
+    def snapshot(self) -> frozenset[tuple[int, int, int]]:
+        with self._lock:
+            return frozenset(self._tiles)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._tiles)
 
 
 def content_fingerprint(path: PathLike, extra: str = "") -> str:
@@ -119,6 +182,54 @@ class _AssociatedImages(Mapping[str, np.ndarray]):
         return len(self._source)
 
 
+class _FormatLevel(ZarrLevel):
+    """A level read through tiffslide's zarr view, converted by its :class:`PixelFormat`.
+
+    When a read fails and ``on_damaged`` is set, the region is read again tile by tile
+    and the tiles that fail become :data:`~napari_mil.io.tiles.DAMAGED_GREY` placeholders."""
+
+    def __init__(self, array: Any, tile_height: int, tile_width: int, fmt: PixelFormat,
+                 name: str, key: tuple[str, int]) -> None:
+        super().__init__(array, tile_height, tile_width)
+        self._fmt, self._name, self.key = fmt, name, key
+        self.on_damaged = None
+
+    def _raw(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        with self._lock:  # zarr stores over one file handle are not guaranteed thread-safe
+            return to_rgb8(self._array[y0:y1, x0:x1], self._fmt)
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        try:
+            out = self._raw(y0, y1, x0, x1)
+        except SlideError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - tifffile/zarr/imagecodecs error types
+            if self.on_damaged is None:
+                raise CorruptSlideError(
+                    f"{self._name}: pixels y {y0}-{y1}, x {x0}-{x1} cannot be decoded "
+                    f"({type(exc).__name__}: {exc}); the file is damaged: copy it again."
+                ) from exc
+            out = self._read_tiles(y0, y1, x0, x1)
+        self.decoded += math.ceil((y1 - y0) / self.tile_height) * math.ceil(
+            (x1 - x0) / self.tile_width)
+        return out
+
+    def _read_tiles(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        th, tw = self.tile_height, self.tile_width
+        out = np.empty((y1 - y0, x1 - x0, 3), np.uint8)
+        for ty in range(y0 // th, (y1 - 1) // th + 1):
+            for tx in range(x0 // tw, (x1 - 1) // tw + 1):
+                a0, a1 = max(y0, ty * th), min(y1, (ty + 1) * th)
+                b0, b1 = max(x0, tx * tw), min(x1, (tx + 1) * tw)
+                try:
+                    part = self._raw(a0, a1, b0, b1)
+                except Exception as exc:  # noqa: BLE001 - as in read()
+                    self.on_damaged(self, ty, tx, exc)
+                    part = DAMAGED_GREY
+                out[a0 - y0 : a1 - y0, b0 - x0 : b1 - x0] = part
+        return out
+
+
 def _sniff(path: Path) -> bytes:
     with open(path, "rb") as f:
         return f.read(16)
@@ -129,38 +240,6 @@ def _describe_non_tiff(head: bytes) -> str | None:
         if head.startswith(magic):
             return what
     return None
-
-
-def _check_ifd_chain(tif, size: int, path: Path) -> None:
-    """A chain of image directories pointing past the end of the file means truncation."""
-    try:
-        len(tif.pages)  # parses every page
-        pos = tif.pages._nextpageoffset
-        if pos is None:
-            return
-        tif.filehandle.seek(pos)
-        raw = tif.filehandle.read(tif.tiff.offsetsize)
-        nxt = int.from_bytes(raw, "little" if tif.byteorder == "<" else "big")
-    except Exception:  # noqa: BLE001 - tifffile internals differ between versions
-        return
-    if nxt >= size or len(raw) < tif.tiff.offsetsize:
-        raise CorruptSlideError(
-            f"{path.name} is truncated: an image directory lies at byte {nxt:,} but the file "
-            f"ends at {size:,}. Copy the slide again (the transfer was probably interrupted).")
-
-
-def _check_tile_extents(pages, size: int, path: Path) -> None:
-    for page in pages:
-        offsets = getattr(page, "dataoffsets", ())
-        counts = getattr(page, "databytecounts", ())
-        if not len(offsets):
-            continue
-        end = int((np.asarray(offsets, np.int64) + np.asarray(counts, np.int64)).max())
-        if end > size:
-            raise CorruptSlideError(
-                f"{path.name} is truncated: its image data needs {end:,} bytes but the file has "
-                f"{size:,}. Copy the slide again (the transfer was probably interrupted)."
-            )
 
 
 class Slide:
@@ -188,6 +267,7 @@ class Slide:
                       if n > 1 else None)
         self._ts = None
         self._osr = None
+        self._damage = _DamagedTiles(self.path.name)
         readers, info, props, assoc, self.backend = self._open_backend()
         self.properties: dict[str, str] = props
         self.associated_images: Mapping[str, np.ndarray] = _AssociatedImages(assoc)
@@ -236,7 +316,6 @@ class Slide:
             raise tiff_error from None
 
     def _open_tiffslide(self):
-        import tifffile
         import tiffslide
 
         size = self.path.stat().st_size
@@ -259,10 +338,14 @@ class Slide:
             ) from exc
         self._ts = ts
         try:
+            check_ifd_chain(ts.ts_tifffile, size, self.path.name)
+            check_geometry(ts.ts_tifffile.pages, self.path.name)
+            check_tile_extents(ts.ts_tifffile.pages, size, self.path.name)
             series = ts.ts_tifffile.series[int(ts.properties.get("tiffslide.series-index") or 0)]
             pages = [lvl.keyframe for lvl in series.levels][: ts.level_count]
-            _check_ifd_chain(ts.ts_tifffile, size, self.path)
-            _check_tile_extents([*pages, *ts.ts_tifffile.pages], size, self.path)
+            check_geometry(pages, self.path.name)
+            check_tile_extents(pages, size, self.path.name)
+            fmt = pixel_format(pages[0], self.path.name)
             self._fh = FileHandle(self.path)
             readers: list[LevelReader] = []
             for i, page in enumerate(pages):
@@ -271,29 +354,73 @@ class Slide:
                         and (page.imagewidth, page.imagelength) == (w, h)):
                     level = JpegTileLevel(self._fh, page, self._cache, ("native", i))
                     level.pool = self._pool
+                    level.on_damaged = self._damage.record
                     readers.append(level)
                 else:
                     arr = ts.zarr_group[str(i)] if len(ts.zarr_group) > 1 or str(i) in \
                         ts.zarr_group else ts.zarr_group
                     th = int(getattr(page, "tilelength", 0) or 256)
                     tw = int(getattr(page, "tilewidth", 0) or 256)
-                    readers.append(ZarrLevel(arr, th, tw))
+                    level = _FormatLevel(arr, th, tw, fmt, self.path.name, ("native", i))
+                    level.on_damaged = self._damage.record
+                    readers.append(level)
             self._native_downsamples = list(ts.level_downsamples)
+            self._damage.downsamples = tuple(float(d) for d in ts.level_downsamples)
             # decode one tile of level 0 now: garbage shows up here, not in the viewer
             readers[0].read(0, min(16, readers[0].height), 0, min(16, readers[0].width))
+            if len(self._damage):
+                self._probe_damage(readers)
             props = {k: str(v) for k, v in ts.properties.items() if v is not None}
             info = read_slide_info(ts.properties, pages[0])
             assoc = ts.associated_images
         except SlideError:
             self.close()
             raise
-        except (tifffile.TiffFileError, ValueError, KeyError, IndexError, OSError) as exc:
+        except NotImplementedError as exc:  # tiffslide: layouts it does not read
+            self.close()
+            raise UnsupportedSlideError(
+                f"{self.path.name} uses an image layout tiffslide cannot read ({exc}): convert "
+                "it to an interleaved (chunky) RGB pyramidal TIFF, e.g. `vips tiffsave in.tif "
+                "out.tif --tile --pyramid --compression jpeg`."
+            ) from exc
+        except Exception as exc:  # noqa: BLE001 - tifffile/tiffslide/zarr raise many types
             self.close()
             raise CorruptSlideError(
-                f"{self.path.name} cannot be read ({exc}): the file is damaged or truncated. "
-                "Copy it again from the source."
+                f"{self.path.name} cannot be read ({type(exc).__name__}: {exc}): the file is "
+                "damaged or truncated. Copy it again from the source."
             ) from exc
         return readers, info, props, assoc, "tiffslide"
+
+    def _probe_damage(self, readers: list[LevelReader]) -> None:
+        """The first tile is damaged: read tiles spread over every native level (up to
+        ``DAMAGE_PROBE_TILES`` per level) until one decodes; refuse the slide if none does.
+        Warnings of the probe are replayed when the slide opens."""
+        checked = total = 0
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", DamagedTileWarning)
+            for lvl, r in enumerate(readers):
+                th, tw = r.tile_height, r.tile_width
+                across, down = math.ceil(r.width / tw), math.ceil(r.height / th)
+                total += across * down
+                picks = np.linspace(0, across * down - 1, min(across * down, DAMAGE_PROBE_TILES))
+                for i in np.unique(picks.astype(int)):
+                    ty, tx = divmod(int(i), across)
+                    r.read(ty * th, min(r.height, (ty + 1) * th), tx * tw,
+                           min(r.width, (tx + 1) * tw))
+                    checked += 1
+                    if (lvl, tx, ty) not in self._damage.snapshot():
+                        break  # a good tile: the slide is usable
+                else:
+                    continue
+                break
+            else:
+                every = (f"every tile ({total:,}) of its image data cannot" if checked == total
+                         else f"none of the {checked:,} tiles checked (of {total:,}) can")
+                raise CorruptSlideError(
+                    f"{self.path.name}: {every} be decoded, so there is nothing to show or "
+                    "analyse: the file is damaged. Copy it again from the scanner or archive.")
+        for w in caught:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
     def _open_openslide(self):
         import openslide  # optional dependency
@@ -383,6 +510,28 @@ class Slide:
         return best
 
     @property
+    def damaged_tiles(self) -> frozenset[tuple[int, int, int]]:
+        """Native tiles found damaged so far, as ``(level, tx, ty)`` (a snapshot; thread-safe).
+        They read as the mid-grey placeholder ``tiles.DAMAGED_GREY``."""
+        return self._damage.snapshot()
+
+    def damaged_tile_boxes(self, level: int | None = None) -> np.ndarray:
+        """Level-0 boxes ``(N, 4)`` float ``(x, y, w, h)`` of the damaged tiles, all of them or
+        only those whose pixels feed ``level`` (that native level, or the last native level
+        for a computed one)."""
+        tiles = sorted(self.damaged_tiles)
+        if level is not None:
+            src = min(self._level_index(level), self.native_level_count - 1)
+            tiles = [t for t in tiles if t[0] == src]
+        out = np.zeros((len(tiles), 4), np.float64)
+        for k, (lvl, tx, ty) in enumerate(tiles):
+            r, ds = self._readers[lvl], self.level_downsamples[lvl]
+            x0, y0 = tx * r.tile_width, ty * r.tile_height
+            w, h = min(r.tile_width, r.width - x0), min(r.tile_height, r.height - y0)
+            out[k] = (x0 * ds, y0 * ds, w * ds, h * ds)
+        return out
+
+    @property
     def tiles_decoded(self) -> int:
         """Native tiles decoded (or read through a fallback backend) since the slide opened."""
         return sum(r.decoded for r in self._readers[: self.native_level_count])
@@ -407,6 +556,7 @@ class Slide:
             "fast_levels": [type(r).__name__ == "JpegTileLevel" for r in self._readers],
             "associated_images": sorted(self.associated_images),
             "content_hash": self.content_hash,
+            "damaged_tiles": [list(t) for t in sorted(self.damaged_tiles)],
         }
 
     # ------------------------------------------------------------------ lifetime

@@ -3,6 +3,11 @@
 Used by the synthetic-slide generator, by the tests (they write their own slides) and by
 the heatmap export. Level 0 is produced tile by tile from a *renderer*, so slides far larger
 than memory can be written; lower levels are rendered the same way at their downsample.
+
+Sparse slides: a renderer may return ``None`` for a tile that is entirely ``background``
+(glass). Such a tile is encoded once per level and every other blank tile of that level
+points at the same bytes in the file (shared TileOffsets), so a 100k × 100k slide that is
+mostly glass is written in seconds and takes a few MB.
 """
 
 from __future__ import annotations
@@ -28,8 +33,9 @@ __all__ = [
 ]
 
 #: ``renderer(downsample, x, y, width, height)`` → (height, width, C) array of the region
-#: whose top-left corner is (x, y) *in pixels of that level*.
-Renderer = Callable[[int, int, int, int, int], np.ndarray]
+#: whose top-left corner is (x, y) *in pixels of that level*, or ``None`` when the region is
+#: entirely background (the writer then reuses one pre-encoded blank tile).
+Renderer = Callable[[int, int, int, int, int], "np.ndarray | None"]
 
 
 class TiffStyle(StrEnum):
@@ -73,17 +79,64 @@ def array_renderer(image: np.ndarray) -> Renderer:
     return render
 
 
-def _tiles(render: Renderer, lvl: _Level, tile: int, channels: int, dtype) -> Iterator[np.ndarray]:
+def _tiles(render: Renderer, lvl: _Level, tile: int, channels: int, dtype,
+           background: np.ndarray, blank: list[int]) -> Iterator[np.ndarray | None]:
+    """Full tiles of a level in row-major order, padded with ``background``.
+
+    A tile the renderer reports blank (``None``) is yielded as ``None`` (tifffile writes it
+    with zero bytes), except the first one, which is yielded as a background array; its index
+    is appended to ``blank`` so that :func:`_share_blank_tiles` can point the others at it.
+    """
+    n_cols = math.ceil(lvl.width / tile)
     for ty in range(math.ceil(lvl.height / tile)):
-        for tx in range(math.ceil(lvl.width / tile)):
+        for tx in range(n_cols):
             x, y = tx * tile, ty * tile
             w, h = min(tile, lvl.width - x), min(tile, lvl.height - y)
-            block = np.asarray(render(lvl.downsample, x, y, w, h))
+            block = render(lvl.downsample, x, y, w, h)
+            if block is None and blank:
+                yield None  # no pixels made: most tiles of a sparse slide end here
+                continue
+            out = np.empty((tile, tile, channels), dtype=dtype)
+            out[:] = background
+            if block is None:
+                blank.append(ty * n_cols + tx)
+                yield out
+                continue
+            block = np.asarray(block)
             if block.ndim == 2:
                 block = block[..., None]
-            out = np.full((tile, tile, channels), 255 if dtype == np.uint8 else 0, dtype=dtype)
             out[:h, :w] = block[:h, :w, :channels]
             yield out
+
+
+def _share_blank_tiles(path, blank_index: dict[tuple[int, int], int]) -> None:
+    """Point every zero-length tile of each level at that level's first blank tile.
+
+    ``blank_index`` maps a level's (width, height) to the index of its encoded blank tile.
+    """
+    import tifffile
+
+    with tifffile.TiffFile(path, mode="r+b") as tif:
+        pages = {}
+        for page in tif.pages:
+            pages[page.offset] = page
+        for series in tif.series:
+            for lvl in series.levels:
+                pages.setdefault(lvl.keyframe.offset, lvl.keyframe)
+        for page in pages.values():
+            key = (int(page.imagewidth), int(page.imagelength))
+            if key not in blank_index or not page.is_tiled:
+                continue
+            offsets_tag, counts_tag = page.tags[324], page.tags[325]
+            counts = np.asarray(counts_tag.value, np.int64)
+            empty = counts == 0
+            if not empty.any():
+                continue
+            offsets = np.asarray(offsets_tag.value, np.int64)
+            src = blank_index[key]
+            offsets[empty], counts[empty] = offsets[src], counts[src]
+            offsets_tag.overwrite(tuple(int(v) for v in offsets))
+            counts_tag.overwrite(tuple(int(v) for v in counts))
 
 
 def _aperio_description(width: int, height: int, tile: int, mpp: float, magnification: float,
@@ -113,6 +166,7 @@ def write_pyramidal_tiff(
     associated: Mapping[str, np.ndarray] | None = None,
     overwrite: bool = False,
     resolution_tags: bool | None = None,
+    background: float | tuple[float, ...] | None = None,
 ) -> None:
     """Write a tiled pyramid atomically.
 
@@ -122,7 +176,9 @@ def write_pyramidal_tiff(
     ``label``, ``macro``) are written the way the style expects them. ``mpp=None`` writes no
     pixel size at all (for testing slides that lack one). ``resolution_tags`` also writes the
     TIFF X/YResolution tags for OME-TIFF (default: all styles but OME), so that readers that
-    ignore OME-XML (tiffslide) see the pixel size too.
+    ignore OME-XML (tiffslide) see the pixel size too. ``background`` (default: 255 for uint8,
+    else 0) fills the padding of edge tiles and the tiles the renderer reports blank (``None``;
+    see the module docstring).
     """
     import tifffile
 
@@ -162,45 +218,61 @@ def write_pyramidal_tiff(
             kw.update(resolution=(px_per_cm, px_per_cm), resolutionunit="CENTIMETER")
         return kw
 
-    def level_tiles(lvl: _Level):
-        it = _tiles(render, lvl, tile_size, channels, np.dtype(dtype))
-        return it if channels > 1 else (t[..., 0] for t in it)
+    if background is None:
+        background = 255 if np.dtype(dtype) == np.uint8 else 0
+    fill = np.broadcast_to(np.asarray(background, dtype=dtype), (channels,))
+    blank_index: dict[tuple[int, int], list[int]] = {}  # level (w, h) -> [first blank tile]
 
-    with atomic_path(path, overwrite=overwrite) as tmp, tifffile.TiffWriter(
-        tmp, bigtiff=bigtiff, ome=style is TiffStyle.OME
-    ) as tw:
-        if style is TiffStyle.SVS:
-            desc0 = _aperio_description(width, height, tile_size, mpp or 0.0, mag)
-            if not mpp:
-                desc0 = desc0.replace(f"|MPP = {0.0:.6f}", "")
-            tw.write(level_tiles(levels[0]), description=desc0, **page_kwargs(levels[0]))
-            thumb = assoc.pop("thumbnail", None)
-            if thumb is None:
-                ds = max(1, int(max(width, height) / 768))
-                thumb = render(ds, 0, 0, width // ds, height // ds)
-            tw.write(np.ascontiguousarray(thumb), description=desc0.split("|")[0] + " -> thumbnail",
-                     photometric=photometric, compression=comp, compressionargs=comp_args,
-                     metadata=None)
-            for lvl in levels[1:]:
-                desc = _aperio_description(lvl.width, lvl.height, tile_size,
-                                           (mpp or 0) * lvl.downsample, mag)
-                tw.write(level_tiles(lvl), description=desc, **page_kwargs(lvl))
-            for kind, subfiletype in (("label", 1), ("macro", 9)):
-                if kind in assoc:
-                    img = np.ascontiguousarray(assoc.pop(kind))
-                    tw.write(img, description=f"Aperio Image Library v12.0.15\r\n{kind} "
-                             f"{img.shape[1]}x{img.shape[0]}", subfiletype=subfiletype,
-                             photometric="rgb", compression="lzw", metadata=None)
-        elif style is TiffStyle.OME:
-            meta: dict = {"axes": "YXS" if channels > 1 else "YX", "Name": "napari-mil slide"}
-            if mpp:
-                meta.update(PhysicalSizeX=mpp, PhysicalSizeXUnit="µm",
-                            PhysicalSizeY=mpp, PhysicalSizeYUnit="µm")
-            kw0 = page_kwargs(levels[0])
-            kw0["metadata"] = meta
-            tw.write(level_tiles(levels[0]), subifds=len(levels) - 1, **kw0)
-            for lvl in levels[1:]:
-                tw.write(level_tiles(lvl), subfiletype=1, **page_kwargs(lvl))
-        else:
-            for i, lvl in enumerate(levels):
-                tw.write(level_tiles(lvl), subfiletype=0 if i == 0 else 1, **page_kwargs(lvl))
+    def level_tiles(lvl: _Level):
+        blank = blank_index.setdefault((lvl.width, lvl.height), [])
+        it = _tiles(render, lvl, tile_size, channels, np.dtype(dtype), fill, blank)
+        return it if channels > 1 else (None if t is None else t[..., 0] for t in it)
+
+    def whole(ds: int, w: int, h: int) -> np.ndarray:
+        img = render(ds, 0, 0, w, h)
+        if img is None:
+            img = np.empty((h, w, channels), dtype=dtype)
+            img[:] = fill
+        return np.ascontiguousarray(img)
+
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        with tifffile.TiffWriter(tmp, bigtiff=bigtiff, ome=style is TiffStyle.OME) as tw:
+            if style is TiffStyle.SVS:
+                desc0 = _aperio_description(width, height, tile_size, mpp or 0.0, mag)
+                if not mpp:
+                    desc0 = desc0.replace(f"|MPP = {0.0:.6f}", "")
+                tw.write(level_tiles(levels[0]), description=desc0, **page_kwargs(levels[0]))
+                thumb = assoc.pop("thumbnail", None)
+                if thumb is None:
+                    ds = max(1, int(max(width, height) / 768))
+                    thumb = whole(ds, width // ds, height // ds)
+                tw.write(np.ascontiguousarray(thumb),
+                         description=desc0.split("|")[0] + " -> thumbnail",
+                         photometric=photometric, compression=comp, compressionargs=comp_args,
+                         metadata=None)
+                for lvl in levels[1:]:
+                    desc = _aperio_description(lvl.width, lvl.height, tile_size,
+                                               (mpp or 0) * lvl.downsample, mag)
+                    tw.write(level_tiles(lvl), description=desc, **page_kwargs(lvl))
+                for kind, subfiletype in (("label", 1), ("macro", 9)):
+                    if kind in assoc:
+                        img = np.ascontiguousarray(assoc.pop(kind))
+                        tw.write(img, description=f"Aperio Image Library v12.0.15\r\n{kind} "
+                                 f"{img.shape[1]}x{img.shape[0]}", subfiletype=subfiletype,
+                                 photometric="rgb", compression="lzw", metadata=None)
+            elif style is TiffStyle.OME:
+                meta: dict = {"axes": "YXS" if channels > 1 else "YX", "Name": "napari-mil slide"}
+                if mpp:
+                    meta.update(PhysicalSizeX=mpp, PhysicalSizeXUnit="µm",
+                                PhysicalSizeY=mpp, PhysicalSizeYUnit="µm")
+                kw0 = page_kwargs(levels[0])
+                kw0["metadata"] = meta
+                tw.write(level_tiles(levels[0]), subifds=len(levels) - 1, **kw0)
+                for lvl in levels[1:]:
+                    tw.write(level_tiles(lvl), subfiletype=1, **page_kwargs(lvl))
+            else:
+                for i, lvl in enumerate(levels):
+                    tw.write(level_tiles(lvl), subfiletype=0 if i == 0 else 1, **page_kwargs(lvl))
+        blank_tiles = {key: idx[0] for key, idx in blank_index.items() if idx}
+        if blank_tiles:
+            _share_blank_tiles(tmp, blank_tiles)

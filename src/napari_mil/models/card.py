@@ -244,6 +244,11 @@ class ModelCard:
                 kw["class_names"], (list, tuple)
             ):
                 raise CheckpointError("Model card 'class_names' must be a list of strings.")
+            if not all(isinstance(c, str) for c in kw["class_names"]):
+                raise CheckpointError(
+                    f"Model card 'class_names' must be a list of strings, got "
+                    f"{str(kw['class_names'])[:80]}."
+                )
             kw["class_names"] = tuple(kw["class_names"])
         if "scales" in kw:
             if not isinstance(kw["scales"], (list, tuple)):
@@ -260,8 +265,12 @@ class ModelCard:
             raise CheckpointError("Model card 'kwargs' must be a JSON object.")
         if kw.get("training") is None:
             kw["training"] = {}
+        if not isinstance(kw["training"], Mapping):
+            raise CheckpointError("Model card 'training' must be a JSON object (or null).")
         if kw.get("description") is None:
             kw["description"] = ""
+        if not isinstance(kw["description"], str):
+            raise CheckpointError("Model card 'description' must be a string.")
         return cls(**kw)
 
     @classmethod

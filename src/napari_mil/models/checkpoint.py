@@ -63,6 +63,8 @@ _NESTED_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights")
 _WRAPPER_RULES = ((r"^module\.", ""), (r"^model\.", ""))
 #: refuse to allocate a model this many times larger than the tensors in the file
 _MAX_PARAM_RATIO = 4.0
+#: packages that architectures import inside their constructors
+_LAZY_PROVIDERS = ("torchmil.models", "torchmil.nn")
 
 
 # ---------------------------------------------------------------------------- saving
@@ -141,7 +143,12 @@ def save_model(
 
 # ---------------------------------------------------------------------------- reading files
 def _safetensors_header(path: Path) -> dict | None:
-    """The JSON header of a safetensors file, or None when the file is not one."""
+    """The JSON header of a safetensors file, or None when the file is not one.
+
+    A header that parses as a JSON object is checked entry by entry (dtype, shape, offsets
+    inside the file, no overlaps) before anything else reads the file: a forged header is a
+    :class:`CheckpointError` that names the entry, and nothing is allocated for it.
+    """
     size = path.stat().st_size
     with path.open("rb") as fh:
         head = fh.read(8)
@@ -154,9 +161,65 @@ def _safetensors_header(path: Path) -> dict | None:
         if first != b"{":
             return None
         try:
-            return json.loads(first + fh.read(n - 1))
-        except (json.JSONDecodeError, UnicodeDecodeError):
+            header = json.loads(first + fh.read(n - 1))
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             return None
+    if not isinstance(header, dict):
+        return None
+    _check_safetensors_header(header, path, size - 8 - n)
+    return header
+
+
+#: bytes per element of the safetensors dtypes napari-mil reads
+_ST_ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2,
+                "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+_MAX_NDIM = 16
+
+
+def _check_safetensors_header(header: dict, path: Path, data_size: int) -> None:
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(
+            f"{path} is a damaged or forged safetensors file: {what}. Re-save the checkpoint "
+            "(napari_mil.models.save_model or safetensors.torch.save_file) or get an intact copy."
+        )
+
+    meta = header.get("__metadata__")
+    if meta is not None and not (
+        isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())
+    ):
+        raise bad("its __metadata__ is not a map of strings")
+    spans = []
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        name = repr(key[:80])
+        if not isinstance(entry, dict):
+            raise bad(f"entry {name} is not an object")
+        dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+        if dtype not in _ST_ITEMSIZE:
+            raise bad(f"tensor {name} has unknown dtype {str(dtype)[:20]!r} (known: "
+                      f"{', '.join(_ST_ITEMSIZE)})")
+        if not (isinstance(shape, list) and len(shape) <= _MAX_NDIM and all(
+                isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
+            raise bad(f"tensor {name} has shape {str(shape)[:60]}, not a list of sizes ≥ 0")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(
+                isinstance(o, int) and not isinstance(o, bool) for o in offsets)):
+            raise bad(f"tensor {name} has data_offsets {str(offsets)[:60]}, not [begin, end]")
+        begin, end = offsets
+        if not 0 <= begin <= end <= data_size:
+            raise bad(f"tensor {name} claims bytes {begin}..{end} but the file holds "
+                      f"{data_size} bytes of tensor data")
+        n_bytes = _ST_ITEMSIZE[dtype]
+        for d in shape:  # Python ints: an absurd shape cannot overflow
+            n_bytes *= d
+        if n_bytes != end - begin:
+            raise bad(f"tensor {name} of shape {shape[:8]} and dtype {dtype} needs {n_bytes:,} "
+                      f"bytes but its data_offsets span {end - begin:,}")
+        spans.append((begin, end, name))
+    spans.sort()
+    for (_, end_a, name_a), (begin_b, _, name_b) in zip(spans, spans[1:], strict=False):
+        if begin_b < end_a:
+            raise bad(f"tensors {name_a} and {name_b} overlap")
 
 
 def read_checkpoint_card(path: PathLike) -> ModelCard | None:
@@ -164,7 +227,7 @@ def read_checkpoint_card(path: PathLike) -> ModelCard | None:
     header = _safetensors_header(Path(path))
     if header is None:
         return None
-    text = (header.get("__metadata__") or {}).get(CARD_KEY)
+    text = (header.get("__metadata__") or {}).get(CARD_KEY)  # a map of strings (checked)
     if text is None:
         return None
     if len(text) > MAX_CARD_BYTES:
@@ -173,6 +236,14 @@ def read_checkpoint_card(path: PathLike) -> ModelCard | None:
         return ModelCard.from_json(text)
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: its embedded model card is invalid: {exc}") from exc
+
+
+def _bad_safetensors(path: Path) -> CheckpointError:
+    return CheckpointError(
+        f"{path} is not a valid safetensors file (bad header: empty, truncated, or its header "
+        "length or JSON is wrong). Re-save the checkpoint with napari_mil.models.save_model or "
+        "get an intact copy."
+    )
 
 
 def _pickle_refusal(path: Path, exc: BaseException) -> CheckpointError:
@@ -215,9 +286,12 @@ def load_state_dict_file(path: PathLike) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError(f"{path} is a damaged safetensors file: {exc}.") from exc
+            raise CheckpointError(
+                f"{path} is a damaged safetensors file: {exc}. Re-save the checkpoint or get an "
+                "intact copy."
+            ) from exc
     if path.suffix.lower() == ".safetensors":
-        raise CheckpointError(f"{path} is not a valid safetensors file (bad header).")
+        raise _bad_safetensors(path)
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -379,6 +453,18 @@ def check_model_matches_card(model: torch.nn.Module, card: ModelCard) -> None:
         )
 
 
+def _import_lazy_providers() -> None:
+    """Import what constructors import lazily (torchmil → tensordict), outside the meta device:
+    module-level code of those packages calls ``.item()``, which fails on meta tensors and would
+    make the size guard fall back to allocating the full model."""
+    import contextlib
+    import importlib
+
+    for name in _LAZY_PROVIDERS:
+        with contextlib.suppress(ImportError):  # optional provider not installed
+            importlib.import_module(name)
+
+
 def _build(card: ModelCard, *, meta: bool = False) -> torch.nn.Module:
     """Instantiate the card's architecture (on the meta device: no memory is allocated)."""
     import torch
@@ -386,13 +472,22 @@ def _build(card: ModelCard, *, meta: bool = False) -> torch.nn.Module:
     kwargs = _build_kwargs(card)  # also imports providers (torchmil) outside the meta context
     model = None
     if meta:
+        _import_lazy_providers()
         try:
             with torch.device("meta"):
                 model = create_model(card.architecture, **kwargs)
         except (RuntimeError, NotImplementedError):  # constructor needs real values
             model = None
     if model is None:
-        model = create_model(card.architecture, **kwargs)
+        try:
+            model = create_model(card.architecture, **kwargs)
+        except (RuntimeError, NotImplementedError, OverflowError, MemoryError) as exc:
+            text = str(exc).strip().splitlines()
+            raise CheckpointError(
+                f"Cannot build model {card.architecture!r} with the card's kwargs "
+                f"{dict(card.kwargs)} (feature_dim {card.feature_dim}): "
+                f"{text[0] if text else type(exc).__name__}. Fix the card's kwargs."
+            ) from None
     check_model_matches_card(model, card)
     return model
 
@@ -436,6 +531,8 @@ def load_model(
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {path} does not exist.")
     header = _safetensors_header(path)
+    if header is None and path.suffix.lower() == ".safetensors":
+        raise _bad_safetensors(path)
     if header is None and path.suffix.lower() not in _TORCH_SUFFIXES | {".safetensors"}:
         raise CheckpointError(
             f"{path} is neither a .safetensors file nor a torch state_dict "

@@ -7,6 +7,14 @@ factors: ``softmax(q_cls K̃ᵀ) · pinv(softmax(Q̃ K̃ᵀ)) · softmax(Q̃ K�
 with m landmarks, numerically the same as torchmil's row (tests check 1e-5).
 
 torchmil's TransMIL takes no mask: padded bags are run one bag at a time on their real instances.
+
+Bag size limit: the Nyström layers are linear in N but heavy (about
+``4·(10·att_dim + 4·heads·landmarks)`` bytes per instance, ~36 KB at the defaults, as measured:
+a 200k bag needs ~7 GB). A forward whose estimate exceeds ``model.max_forward_bytes`` (default
+:data:`MAX_FORWARD_BYTES`, 1.25 GiB: ~35k instances at the defaults) is refused with a
+:class:`~napari_mil.errors.ModelError` before anything is allocated, instead of running the
+machine out of memory. ``TransMIL.max_instances`` says the limit; set
+``model.max_forward_bytes`` higher on a machine (or GPU) with more memory.
 """
 
 from __future__ import annotations
@@ -16,12 +24,16 @@ from math import ceil
 import torch
 from torch import nn
 
+from ..errors import ModelError
 from ._common import iter_bags, scatter_bags
 from .output import MILOutput
 from .registry import register_model
 from .torchmil_adapters import TorchmilAdapter
 
-__all__ = ["TransMIL", "nystrom_with_cls_row"]
+__all__ = ["MAX_FORWARD_BYTES", "TransMIL", "nystrom_with_cls_row"]
+
+#: memory one TransMIL forward may use (estimated per bag; see the module docstring)
+MAX_FORWARD_BYTES = 1280 * 2**20
 
 
 def nystrom_with_cls_row(
@@ -126,8 +138,39 @@ class TransMIL(TorchmilAdapter):
         att = row.mean(dim=1)[:, 1 : bag_size + 1]  # (B, N)
         return logits, att
 
+    @property
+    def bytes_per_instance(self) -> int:
+        """Estimated peak bytes per instance of one forward (float32)."""
+        att = self.mil.layers[0].att_module
+        width = int(self.mil.fc1.out_features)
+        return 4 * (10 * width + 4 * int(att.n_heads) * int(att.n_landmarks))
+
+    @property
+    def max_instances(self) -> int:
+        """Most instances one forward takes (``max_forward_bytes`` / bytes per instance)."""
+        budget = getattr(self, "max_forward_bytes", MAX_FORWARD_BYTES)
+        return int(budget // self.bytes_per_instance)
+
+    def check_bag_size(self, n: int) -> None:
+        """Raise :class:`ModelError` when a bag of ``n`` instances is over the limit."""
+        if n > self.max_instances:
+            need_gb = n * self.bytes_per_instance / 2**30
+            raise ModelError(
+                f"This bag of {n:,} instances is too large for TransMIL: its Nyström attention "
+                f"would need about {need_gb:.1f} GB (limit {self.max_instances:,} instances; "
+                "raise model.max_forward_bytes on a machine with more memory). Sample the bag "
+                "down to at most "
+                f"{self.max_instances:,} instances (e.g. a random subset or the tissue-richest "
+                "tiles), analyse at a coarser magnification, or use a linear-memory model "
+                "such as abmil or clam_sb."
+            )
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> MILOutput:
         x, mask = self._check(x, mask)
+        if mask is None or bool(mask.all()):  # the bags run together
+            self.check_bag_size(x.shape[0] * x.shape[1])
+        else:  # one bag at a time, on its real instances
+            self.check_bag_size(int(mask.sum(dim=1).max()))
         if mask is None or bool(mask.all()):
             logits, att = self._forward_bags(x)
         else:

@@ -17,6 +17,10 @@ the coarsest pyramid level that is fine enough, by exact block averaging. Then:
 
 :func:`detect_tissue` raises :class:`~napari_mil.errors.TissueError` when nothing is left,
 naming the threshold to lower.
+
+Memory: level 0 is never read for a large slide; per-pixel tests run in row strips and views
+over ``_SAMPLE_PIXELS`` take the glass colour and diagnostics from an even subsample, so a
+100k × 100k slide (a 3125² view at 8 µm/px) needs ~0.4 GB at most.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage as ndi
 
-from ..errors import ConfigError, MissingMppError, TissueError
+from ..errors import ConfigError, CorruptSlideError, MissingMppError, TissueError
 
 if TYPE_CHECKING:
     from ..io.slide import Slide
@@ -38,6 +42,8 @@ __all__ = ["TissueMask", "TissueParams", "detect_tissue", "tissue_mask_from_rgb"
 
 #: Largest number of level pixels read at once while building the thumbnail.
 _STRIP_PIXELS = 8_000_000
+#: Views larger than this give their glass colour and diagnostics from an even subsample.
+_SAMPLE_PIXELS = 4_000_000
 
 
 @dataclass(frozen=True)
@@ -245,9 +251,22 @@ def _thumbnail(slide: Slide, want_ds: float) -> tuple[np.ndarray, float]:
         nrows = min(rows_per_strip, out_h * factor - row)
         y0 = math.ceil(row * level_ds)  # read_region floors y0 / level_ds back to `row`
         strip = np.asarray(slide.read_region((0, y0), level, (out_w * factor, nrows)))[..., :3]
-        blocks = strip.reshape(nrows // factor, factor, out_w, factor, 3)
-        out[row // factor: (row + nrows) // factor] = blocks.mean(axis=(1, 3), dtype=np.float32)
+        out[row // factor: (row + nrows) // factor] = _block_mean(strip, factor)
     return out, level_ds * factor
+
+
+def _block_mean(img: np.ndarray, factor: int) -> np.ndarray:
+    """Mean of ``factor`` × ``factor`` blocks of an (h, w, C) image → float32.
+
+    Sums strided views (no reduction over tiny axes, which numpy does slowly)."""
+    if factor == 1:
+        return img.astype(np.float32)
+    acc = np.zeros((img.shape[0] // factor, img.shape[1] // factor, img.shape[2]), np.float32)
+    for i in range(factor):
+        for j in range(factor):
+            acc += img[i::factor, j::factor]
+    acc *= np.float32(1.0 / (factor * factor))
+    return acc
 
 
 # --------------------------------------------------------------------------- detection
@@ -256,7 +275,7 @@ def _thumbnail(slide: Slide, want_ds: float) -> tuple[np.ndarray, float]:
 def _hsv(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Hue in degrees, saturation and value (0–1 scale of the input) of an RGB float image."""
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    mx, mn = rgb.max(-1), rgb.min(-1)
+    mx, mn = np.maximum(np.maximum(r, g), b), np.minimum(np.minimum(r, g), b)
     delta = mx - mn
     sat = np.where(mx > 0, delta / np.maximum(mx, 1e-6), 0.0)
     safe = np.maximum(delta, 1e-6)
@@ -284,9 +303,17 @@ def _drop_small(mask: np.ndarray, min_px: float) -> np.ndarray:
     return keep[labels]
 
 
+def _sample(img: np.ndarray, max_px: int = _SAMPLE_PIXELS) -> np.ndarray:
+    """``img`` itself, or an even (strided) subsample of at most ~``max_px`` pixels."""
+    n = img.shape[0] * img.shape[1]
+    k = math.ceil(math.sqrt(n / max_px)) if n > max_px else 1
+    return img[::k, ::k] if k > 1 else img
+
+
 def _glass_colour(rgb: np.ndarray, params: TissueParams) -> np.ndarray:
     """Per-channel colour of the glass: median of the brightest pixels (white if none)."""
-    brightness = rgb.mean(-1)
+    rgb = _sample(rgb)
+    brightness = (rgb[..., 0] + rgb[..., 1] + rgb[..., 2]) / np.float32(3.0)
     cut = np.percentile(brightness, params.glass_percentile)
     glass = np.median(rgb[brightness >= cut], axis=0)
     if glass.min() < params.glass_min_value:  # no bright glass: the view is all tissue
@@ -302,18 +329,38 @@ def tissue_mask_from_rgb(rgb: np.ndarray, mpp: float,
     """
     rgb = np.asarray(rgb, dtype=np.float32)[..., :3]
     glass = _glass_colour(rgb, params)
-    norm = np.clip(rgb / glass, 1e-3, 1.0)
-    od = (-np.log10(norm)).max(-1)
-    hue, sat, _ = _hsv(norm)
-    _, raw_sat, raw_value = _hsv(rgb)
-    candidate = (od >= params.od_threshold) & (sat >= params.saturation_threshold)
+    h, w = rgb.shape[:2]
+    od = np.empty((h, w), np.float32)
+    sat = np.empty((h, w), np.float32)
+    candidate = np.empty((h, w), bool)
+    pen = np.zeros((h, w), bool)
+    # per-pixel tests in row strips: a few full-size temporaries instead of dozens
+    step = max(1, _STRIP_PIXELS // 16 // max(1, w))
+    for y0 in range(0, h, step):
+        rows = slice(y0, min(h, y0 + step))
+        part = rgb[rows]
+        norm = np.clip(part / glass, 1e-3, 1.0)
+        log = -np.log10(norm)
+        od[rows] = np.maximum(np.maximum(log[..., 0], log[..., 1]), log[..., 2])
+        hue, sat[rows], _ = _hsv(norm)
+        candidate[rows] = (od[rows] >= params.od_threshold) & (
+            sat[rows] >= params.saturation_threshold)
+        if params.reject_pens:
+            _, raw_sat, raw_value = _hsv(part)
+            coloured = raw_sat >= params.pen_min_saturation
+            ink = (raw_value <= params.black_max_value) & (
+                raw_sat <= params.black_max_saturation)
+            for lo, hi in params.pen_hue_ranges:
+                ink |= coloured & (hue >= lo) & (hue <= hi)
+            pen[rows] = ink
 
-    pen = np.zeros(rgb.shape[:2], bool)
+    stats = {  # the full-size od / sat arrays are not needed past this point
+        "od_max": float(od.max()) if od.size else 0.0,
+        "od_p99": float(np.percentile(_sample(od), 99)) if od.size else 0.0,
+        "saturation_p99": float(np.percentile(_sample(sat), 99)) if sat.size else 0.0,
+    }
+    del od, sat
     if params.reject_pens:
-        coloured = raw_sat >= params.pen_min_saturation
-        for lo, hi in params.pen_hue_ranges:
-            pen |= coloured & (hue >= lo) & (hue <= hi)
-        pen |= (raw_value <= params.black_max_value) & (raw_sat <= params.black_max_saturation)
         pen = _drop_small(pen, params.pen_min_area_um2 / (mpp * mpp))
         if pen.any() and params.pen_margin_um > 0:
             pen = ndi.binary_dilation(pen, _disk(params.pen_margin_um / mpp))
@@ -337,9 +384,7 @@ def tissue_mask_from_rgb(rgb: np.ndarray, mpp: float,
             mask = mask | (fill[holes] & ~pen)
     diagnostics = {
         "glass_rgb": glass.tolist(),
-        "od_max": float(od.max()) if od.size else 0.0,
-        "od_p99": float(np.percentile(od, 99)) if od.size else 0.0,
-        "saturation_p99": float(np.percentile(sat, 99)) if sat.size else 0.0,
+        **stats,
         "candidate_fraction": float(candidate.mean()) if candidate.size else 0.0,
         "pen_fraction": float(pen.mean()) if pen.size else 0.0,
         "largest_piece_um2": float(
@@ -385,5 +430,11 @@ def detect_tissue(slide: Slide, params: TissueParams = TissueParams()) -> Tissue
     mask_mpp = ds * slide_mpp
     mask, diag = tissue_mask_from_rgb(rgb, mask_mpp, params)
     if not mask.any():
+        damaged = getattr(slide, "damaged_tiles", None)
+        if damaged:  # grey placeholders, not empty glass: say so rather than "no tissue"
+            raise CorruptSlideError(
+                f"No tissue found in slide {slide.name!r}, but {len(damaged)} of its tiles "
+                "cannot be decoded (they read as grey): the file is damaged or truncated. "
+                "Copy it again from the scanner or archive.")
         raise TissueError(_no_tissue_message(slide.name, params, diag))
     return TissueMask(mask, ds, mask_mpp, (int(width0), int(height0)), params)

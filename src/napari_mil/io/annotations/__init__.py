@@ -79,7 +79,10 @@ def sniff_format(data: bytes, *, strict: bool = False) -> AnnotationFormat | Non
     text = head.decode(enc, errors="ignore")  # a character cut at the boundary is fine
     stripped = text.lstrip("\ufeff \t\r\n")
     if stripped.startswith("<"):
-        return AnnotationFormat.ASAP if looks_like_asap(text) else None
+        # a DTD can push the root element past the sniffed bytes: let the XML parser refuse it
+        # with the precise reason (DTD/entities) instead of "not an annotation file"
+        dtd = "<!DOCTYPE" in text or "<!ENTITY" in text
+        return AnnotationFormat.ASAP if looks_like_asap(text) or dtd else None
     if stripped[:1] in ("{", "["):
         return (
             AnnotationFormat.GEOJSON

@@ -82,6 +82,10 @@ def safe_parse_xml(data: bytes, source: str) -> ET.Element:
             f"{source}: malformed XML at line {exc.lineno}, column {exc.offset}: "
             f"{expat.ErrorString(exc.code)}."
         ) from None
+    except (LookupError, UnicodeError, ValueError) as exc:  # declared encoding unknown/wrong
+        raise AnnotationError(
+            f"{source}: cannot decode the XML ({str(exc)[:80]}); re-save the file as UTF-8."
+        ) from None
     except (AssertionError, IndexError, RecursionError):  # TreeBuilder on an empty/odd document
         raise AnnotationError(f"{source}: XML has no root element.") from None
     return root

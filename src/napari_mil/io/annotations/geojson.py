@@ -48,6 +48,10 @@ _KNOWN_PROPS = {"objectType", "classification", "measurements", "name", "color",
 _GEOMETRY_TYPES = {"Polygon", "MultiPolygon", "LineString", "Point", "MultiPoint"}
 
 
+def _is_geometry_type(kind: Any) -> bool:
+    return isinstance(kind, str) and kind in _GEOMETRY_TYPES
+
+
 class _Bad(Exception):
     """A problem with one feature (turned into AnnotationError or a SkippedItem)."""
 
@@ -111,7 +115,7 @@ def geometry_from_geojson(g: Any) -> BaseGeometry:
     if not isinstance(g, dict):
         raise _Bad("geometry is missing or not an object")
     kind, coords = g.get("type"), g.get("coordinates")
-    if kind not in _GEOMETRY_TYPES:
+    if not isinstance(kind, str) or kind not in _GEOMETRY_TYPES:
         raise _Bad(
             f"unsupported geometry type {str(kind)[:40]!r} "
             f"(supported: {', '.join(sorted(_GEOMETRY_TYPES))})"
@@ -211,7 +215,7 @@ def _feature(f: Any) -> Annotation:
     if not isinstance(f, dict):
         raise _Bad("feature is not a JSON object")
     if f.get("type") != "Feature":
-        if f.get("type") in _GEOMETRY_TYPES:  # a bare geometry
+        if _is_geometry_type(f.get("type")):  # a bare geometry
             return Annotation(geometry_from_geojson(f))
         raise _Bad(f"expected type 'Feature', got {str(f.get('type'))[:40]!r}")
     props = f.get("properties") or {}
@@ -267,7 +271,7 @@ def _features(doc: Any, source: str) -> list:
             if not isinstance(feats, list):
                 raise AnnotationError(f"{source}: FeatureCollection has no 'features' array.")
             return feats
-        if kind == "Feature" or kind in _GEOMETRY_TYPES:
+        if kind == "Feature" or _is_geometry_type(kind):
             return [doc]
         raise AnnotationError(
             f"{source}: JSON is not GeoJSON (top-level type {str(kind)[:40]!r}); export "
@@ -351,7 +355,7 @@ def annotation_to_feature(a: Annotation) -> dict:
     if a.measurements:
         props["measurements"] = {k: _json_number(v) for k, v in a.measurements.items()}
     for k, v in a.extra.items():
-        props.setdefault(k, v)
+        props.setdefault(k, _strict_json(v))
     feat: dict[str, Any] = {"type": "Feature"}
     if a.id is not None:
         feat["id"] = a.id
@@ -360,6 +364,17 @@ def annotation_to_feature(a: Annotation) -> dict:
         feat["nucleusGeometry"] = geometry_to_geojson(a.nucleus)
     feat["properties"] = props
     return feat
+
+
+def _strict_json(v: Any) -> Any:
+    """``v`` with NaN/±inf (read from lenient JSON) replaced by null, recursively."""
+    if isinstance(v, float):
+        return _json_number(v)
+    if isinstance(v, dict):
+        return {k: _strict_json(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_strict_json(x) for x in v]
+    return v
 
 
 def _json_number(v: float) -> float | None:

@@ -268,7 +268,12 @@ def check_geometry(
 
 
 def is_finite_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an int beyond the float range (JSON allows 10**400)
+        return False
 
 
 def source_label(path: str | Path | None) -> str:

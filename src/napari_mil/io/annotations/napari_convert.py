@@ -111,10 +111,12 @@ def rasterize_annotations(
         classes = [*classes, ""]
     if shape_rc is None:
         b = polys.bounds() or (0, 0, 1, 1)
-        shape_rc = (int(np.ceil(b[3] / downsample)) + 1, int(np.ceil(b[2] / downsample)) + 1)
+        shape_rc = (max(1, int(np.ceil(b[3] / downsample))),
+                    max(1, int(np.ceil(b[2] / downsample))))
     if len(classes) > 65535:
         raise AnnotationError("Too many classes to rasterise (more than 65535).")
-    img = Image.new("I", (shape_rc[1], shape_rc[0]), 0)
+    # 8-bit drawing when the labels fit (a quarter of the memory of 32-bit "I")
+    img = Image.new("L" if len(classes) < 256 else "I", (shape_rc[1], shape_rc[0]), 0)
     draw = ImageDraw.Draw(img)
     index = {c: k + 1 for k, c in enumerate(classes)}
     for a in polys:
@@ -126,7 +128,7 @@ def rasterize_annotations(
             draw.polygon([tuple(v) for v in np.asarray(p.exterior.coords) / downsample], fill=label)
             for hole in p.interiors:
                 draw.polygon([tuple(v) for v in np.asarray(hole.coords) / downsample], fill=0)
-    return np.asarray(img, dtype=np.int32).astype(np.uint16), classes
+    return np.asarray(img).astype(np.uint16), classes
 
 
 def annotations_to_layer_data(
