@@ -101,26 +101,34 @@ def test_slides_sharing_a_name_are_refused_before_any_work(tmp_path, make_slide)
 
 
 def test_a_worker_loads_the_checkpoint_once_for_many_slides(cohort, monkeypatch):
+    import napari_mil.features.registry as registry
     import napari_mil.models.checkpoint as checkpoint
-    from napari_mil.batch import _load_model_once, process_slide
+    from napari_mil.batch import _extractor_once, _load_model_once, process_slide
 
     tmp_path, slides, _bad, ckpt = cohort
     loads = []
     real = checkpoint.load_model
     monkeypatch.setattr(checkpoint, "load_model",
                         lambda *a, **k: loads.append(a[0]) or real(*a, **k))
+    built = []
+    real_create = registry.create_extractor
+    monkeypatch.setattr(registry, "create_extractor",
+                        lambda *a, **k: built.append(a[0]) or real_create(*a, **k))
     _load_model_once.cache_clear()
+    _extractor_once.cache_clear()
     out = tmp_path / "cached"
     settings = {"device": "cpu", "batch_size": 16}
     for s in slides[:2]:  # one process = one worker
         assert process_slide(str(s), str(ckpt), str(out), settings).status == "ok"
     assert len(loads) == 1
+    assert len(built) == 1  # the patch embedder too
     import os
     st = ckpt.stat()
     os.utime(ckpt, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a new checkpoint file
     assert process_slide(str(slides[2]), str(ckpt), str(out), settings).status == "ok"
     assert len(loads) == 2
     _load_model_once.cache_clear()
+    _extractor_once.cache_clear()
 
 
 def test_rerun_keeps_complete_outputs_and_clears_leftover_temp_files(cohort):

@@ -9,8 +9,9 @@ runtime, error) is rewritten atomically after every slide. A rerun also removes 
 files a killed attempt left behind (``.<output>.*.tmp``).
 
 Each worker process keeps the models it loaded (:func:`load_model_cached`, keyed by checkpoint
-path, modification time, size and device), so a worker analysing many slides reads the
-checkpoint once. ``settings`` may name an ``extractor`` (a registered name or a model file) to
+path, modification time, size and device) and the patch embedders it built
+(:func:`extractor_cached`), so a worker analysing many slides reads the checkpoint and builds
+the embedder once. ``settings`` may name an ``extractor`` (a registered name or a model file) to
 use instead of the one in the model card; the other keys are :class:`RunSettings` fields.
 """
 
@@ -35,7 +36,8 @@ from .io import SLIDE_SUFFIXES
 from .io.atomic import atomic_write_csv, atomic_write_text, describe_write_error, is_write_fault
 
 __all__ = ["SlideStatus", "SlideOutcome", "expand_slides", "check_unique_keys", "process_slide",
-           "is_complete", "run_cohort", "write_summary", "load_model_cached"]
+           "is_complete", "run_cohort", "write_summary", "load_model_cached",
+           "extractor_cached"]
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +139,29 @@ def load_model_cached(checkpoint: PathLike, device: str = "cpu"):
     return _load_model_once(str(path), st.st_mtime_ns, st.st_size, str(device))
 
 
+@functools.lru_cache(maxsize=2)
+def _extractor_once(ref: str, stamp: tuple[int, int] | None, device: str):
+    from .features.registry import create_extractor
+
+    return create_extractor(ref, device=device)
+
+
+def extractor_cached(model, extractor: str | None = None, device: str = "cpu"):
+    """The patch embedder ``extractor`` (a registered name or a file; default: the one the
+    model card names), built once per process and rebuilt when its file changes; ``None``
+    when neither names one (``run_slide`` then says what to pass)."""
+    ref = extractor
+    if ref is None and getattr(model.card, "extractor", None) is not None:
+        ref = model.card.extractor.name
+    if not ref:
+        return None
+    path = Path(ref)
+    if path.is_file():
+        st = path.stat()
+        return _extractor_once(str(path.resolve()), (st.st_mtime_ns, st.st_size), str(device))
+    return _extractor_once(str(ref), None, str(device))
+
+
 def _clear_attempt(slide_dir: Path) -> None:
     """Remove an earlier attempt's outputs and the temporary files a killed write left."""
     for name in (DONE, *OUTPUTS):  # done.json first: the slide stops counting as complete
@@ -182,8 +207,10 @@ def process_slide(slide_path: str, checkpoint: str, out_dir: str,
         slide_dir.mkdir(parents=True, exist_ok=True)
         _clear_attempt(slide_dir)  # an incomplete earlier attempt is redone from scratch
         with open_slide(slide_path) as slide:
-            model = load_model_cached(checkpoint, str(settings.get("device", "cpu")))
-            result = analyze_slide(slide, model, settings=run_settings, extractor=extractor)
+            device = str(settings.get("device", "cpu"))
+            model = load_model_cached(checkpoint, device)
+            result = analyze_slide(slide, model, settings=run_settings,
+                                   extractor=extractor_cached(model, extractor, device))
             result.save(slide_dir / "result.npz")
             maps = result.tile_values()
             write_tiles_csv(maps, slide_dir / "tiles.csv")

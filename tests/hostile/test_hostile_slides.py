@@ -417,7 +417,7 @@ def _settings(tmp_path, **kw):
 
 
 @pytest.mark.parametrize("shape,permissive", [
-    pytest.param((80, 100), False, marks=pytest.mark.slow, id="80x100-default"),
+    pytest.param((80, 100), False, id="80x100-default"),
     pytest.param((80, 100), True, id="80x100-any-tissue"),
     pytest.param((1, 1), True, id="1x1-any-tissue"),
 ])

@@ -190,3 +190,20 @@ def test_generated_slide_against_its_ground_truth(tmp_path, shapes):
     assert mask.mask[pen & ~tissue].mean() < 0.02  # the pen mark is not tissue
     for piece in gen.tissue:  # every piece is found, the faint one included
         assert mask.mask[rasterise([piece], mask)].mean() > 0.9, piece.name
+
+
+def test_distance_transform_morphology_equals_the_disk_structuring_element():
+    """Large closings go through distance transforms: same pixels as scipy with the disk."""
+    from scipy import ndimage as ndi
+
+    from napari_mil.tiling.tissue import _close, _dilate, _disk
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        h, w = rng.integers(20, 120, 2)
+        mask = ndi.binary_opening(rng.random((h, w)) < rng.uniform(0.2, 0.7))
+        r = int(rng.integers(1, 30))
+        pad = r + 1
+        ref = ndi.binary_closing(np.pad(mask, pad), _disk(r))[pad:-pad, pad:-pad]
+        np.testing.assert_array_equal(_close(mask, r), ref)
+        np.testing.assert_array_equal(_dilate(mask, r), ndi.binary_dilation(mask, _disk(r)))

@@ -293,6 +293,34 @@ def _disk(radius: float) -> np.ndarray:
     return xx * xx + yy * yy <= r * r + 0.5
 
 
+#: above this radius (px) morphology goes through distance transforms (linear in the pixels)
+#: instead of a structuring element (linear in pixels × disk area)
+_EDT_RADIUS_PX = 4
+
+
+def _dilate(mask: np.ndarray, radius: float) -> np.ndarray:
+    """Binary dilation by ``_disk(radius)``."""
+    r = max(0, int(round(radius)))
+    if r <= _EDT_RADIUS_PX or not mask.any():
+        return ndi.binary_dilation(mask, _disk(r)) if r else mask.copy()
+    d = ndi.distance_transform_edt(~mask)  # distance to the nearest mask pixel
+    return d * d <= r * r + 0.5
+
+
+def _close(mask: np.ndarray, radius: float) -> np.ndarray:
+    """Binary closing by ``_disk(radius)``, pixels outside ``mask`` counting as background."""
+    r = max(0, int(round(radius)))
+    pad = r + 1
+    padded = np.pad(mask, pad)
+    if r <= _EDT_RADIUS_PX or not mask.any():
+        closed = ndi.binary_closing(padded, _disk(r)) if r else padded
+    else:
+        grown = _dilate(padded, r)
+        d = ndi.distance_transform_edt(grown)  # distance to the nearest pixel left out
+        closed = d * d > r * r + 0.5
+    return closed[pad:-pad, pad:-pad]
+
+
 def _drop_small(mask: np.ndarray, min_px: float) -> np.ndarray:
     """Remove 8-connected pieces of fewer than ``min_px`` pixels."""
     if min_px <= 1 or not mask.any():
@@ -363,14 +391,11 @@ def tissue_mask_from_rgb(rgb: np.ndarray, mpp: float,
     if params.reject_pens:
         pen = _drop_small(pen, params.pen_min_area_um2 / (mpp * mpp))
         if pen.any() and params.pen_margin_um > 0:
-            pen = ndi.binary_dilation(pen, _disk(params.pen_margin_um / mpp))
+            pen = _dilate(pen, params.pen_margin_um / mpp)
 
     mask = candidate & ~pen
     if params.closing_um > 0:
-        radius = params.closing_um / mpp
-        pad = int(round(radius)) + 1
-        padded = np.pad(mask, pad)
-        mask = ndi.binary_closing(padded, _disk(radius))[pad:-pad, pad:-pad] & ~pen
+        mask = _close(mask, params.closing_um / mpp) & ~pen
     px_area = mpp * mpp
     mask = _drop_small(mask, params.min_area_um2 / px_area)
     if params.max_hole_um2 > 0 and mask.any():
