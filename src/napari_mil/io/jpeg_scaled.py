@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CorruptSlideError
 from .tiles import WHITE, JpegTileLevel, TiledLevel
 
 __all__ = ["SCALE_FACTORS", "ScaledJpegLevel", "decode_scaled", "scaled_level", "splice_jpeg"]
@@ -115,16 +114,16 @@ class ScaledJpegLevel(TiledLevel):
         try:
             tile = decode_scaled(splice_jpeg(self._tables, data), self.factor, self._jpegmode)
         except Exception as exc:  # Pillow raises OSError, ValueError, SyntaxError...
-            raise CorruptSlideError(
-                f"Tile ({tx}, {ty}) of {self.parent.key} cannot be decoded ({exc}); the file "
-                "is damaged or truncated: copy it again from the scanner or archive."
-            ) from exc
+            return self.damaged_tile(ty, tx, exc)
         if tile.shape[0] < h or tile.shape[1] < w:
-            raise CorruptSlideError(
-                f"Tile ({tx}, {ty}) of {self.parent.key} decodes to {tile.shape[1]} × "
-                f"{tile.shape[0]} px at 1/{self.factor}, smaller than its place in the level; "
-                "the file is damaged: copy it again from the scanner or archive.")
+            return self.damaged_tile(ty, tx, ValueError(
+                f"decoded to {tile.shape[1]} × {tile.shape[0]} px at 1/{self.factor}, smaller "
+                "than its place in the level"))
         return tile[:h, :w]
+
+    def _report_damage(self, ty: int, tx: int, exc: Exception) -> bool:
+        """Damage is the full-resolution tile's: tile (ty, tx) here is the parent's (ty, tx)."""
+        return self.parent._report_damage(ty, tx, exc)
 
 
 def scaled_level(reader: Any, factor: int) -> ScaledJpegLevel | None:

@@ -47,16 +47,13 @@ from ..errors import (
 )
 from . import pyramid as _pyr
 from .metadata import (
-    PixelFormat,
     check_geometry,
     check_ifd_chain,
     check_tile_extents,
     pixel_format,
     read_slide_info,
-    to_rgb8,
 )
 from .tiles import (
-    DAMAGED_GREY,
     DownsampledLevel,
     FileHandle,
     JpegTileLevel,
@@ -180,54 +177,6 @@ class _AssociatedImages(Mapping[str, np.ndarray]):
 
     def __len__(self) -> int:
         return len(self._source)
-
-
-class _FormatLevel(ZarrLevel):
-    """A level read through tiffslide's zarr view, converted by its :class:`PixelFormat`.
-
-    When a read fails and ``on_damaged`` is set, the region is read again tile by tile
-    and the tiles that fail become :data:`~napari_mil.io.tiles.DAMAGED_GREY` placeholders."""
-
-    def __init__(self, array: Any, tile_height: int, tile_width: int, fmt: PixelFormat,
-                 name: str, key: tuple[str, int]) -> None:
-        super().__init__(array, tile_height, tile_width)
-        self._fmt, self._name, self.key = fmt, name, key
-        self.on_damaged = None
-
-    def _raw(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        with self._lock:  # zarr stores over one file handle are not guaranteed thread-safe
-            return to_rgb8(self._array[y0:y1, x0:x1], self._fmt)
-
-    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        try:
-            out = self._raw(y0, y1, x0, x1)
-        except SlideError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - tifffile/zarr/imagecodecs error types
-            if self.on_damaged is None:
-                raise CorruptSlideError(
-                    f"{self._name}: pixels y {y0}-{y1}, x {x0}-{x1} cannot be decoded "
-                    f"({type(exc).__name__}: {exc}); the file is damaged: copy it again."
-                ) from exc
-            out = self._read_tiles(y0, y1, x0, x1)
-        self.decoded += math.ceil((y1 - y0) / self.tile_height) * math.ceil(
-            (x1 - x0) / self.tile_width)
-        return out
-
-    def _read_tiles(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        th, tw = self.tile_height, self.tile_width
-        out = np.empty((y1 - y0, x1 - x0, 3), np.uint8)
-        for ty in range(y0 // th, (y1 - 1) // th + 1):
-            for tx in range(x0 // tw, (x1 - 1) // tw + 1):
-                a0, a1 = max(y0, ty * th), min(y1, (ty + 1) * th)
-                b0, b1 = max(x0, tx * tw), min(x1, (tx + 1) * tw)
-                try:
-                    part = self._raw(a0, a1, b0, b1)
-                except Exception as exc:  # noqa: BLE001 - as in read()
-                    self.on_damaged(self, ty, tx, exc)
-                    part = DAMAGED_GREY
-                out[a0 - y0 : a1 - y0, b0 - x0 : b1 - x0] = part
-        return out
 
 
 def _sniff(path: Path) -> bytes:
@@ -361,7 +310,7 @@ class Slide:
                         ts.zarr_group else ts.zarr_group
                     th = int(getattr(page, "tilelength", 0) or 256)
                     tw = int(getattr(page, "tilewidth", 0) or 256)
-                    level = _FormatLevel(arr, th, tw, fmt, self.path.name, ("native", i))
+                    level = ZarrLevel(arr, th, tw, fmt, self.path.name, ("native", i))
                     level.on_damaged = self._damage.record
                     readers.append(level)
             self._native_downsamples = list(ts.level_downsamples)

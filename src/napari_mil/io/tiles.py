@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..errors import CorruptSlideError, SlideError
+from .metadata import PixelFormat, to_rgb8
 
 __all__ = [
     "FileHandle",
@@ -150,18 +151,11 @@ class TiledLevel:
         raise NotImplementedError
 
     def _report_damage(self, ty: int, tx: int, exc: Exception) -> bool:
-        """Tell ``on_damaged`` (ours, or for a view of a level on the same tile grid at
-        1/``factor``, e.g. a DCT-scaled view, the parent's) about tile (ty, tx)."""
-        if self.on_damaged is not None:
-            self.on_damaged(self, ty, tx, exc)
-            return True
-        parent, f = getattr(self, "parent", None), getattr(self, "factor", None)
-        if (isinstance(parent, TiledLevel) and parent.on_damaged is not None and f
-                and parent.tile_height == self.tile_height * f
-                and parent.tile_width == self.tile_width * f):
-            parent.on_damaged(parent, ty, tx, exc)
-            return True
-        return False
+        """Tell ``on_damaged`` about tile (ty, tx); ``False`` when nobody listens."""
+        if self.on_damaged is None:
+            return False
+        self.on_damaged(self, ty, tx, exc)
+        return True
 
     def damaged_tile(self, ty: int, tx: int, exc: Exception) -> np.ndarray:
         """The placeholder for tile (ty, tx) that failed with ``exc`` (reported to
@@ -301,34 +295,57 @@ class JpegTileLevel(TiledLevel):
 
 
 class ZarrLevel:
-    """A level read through tiffslide's zarr view (any layout tifffile can decode)."""
+    """A level read through tiffslide's zarr view (any layout tifffile can decode), converted
+    to uint8 RGB by its :class:`~napari_mil.io.metadata.PixelFormat`.
 
-    def __init__(self, array: Any, tile_height: int, tile_width: int) -> None:
+    When a read fails and ``on_damaged`` is set, the region is read again tile by tile and
+    the tiles that fail become :data:`DAMAGED_GREY` placeholders."""
+
+    def __init__(self, array: Any, tile_height: int, tile_width: int, fmt: PixelFormat,
+                 name: str, key: Hashable) -> None:
         self._array = array
         self.height, self.width = int(array.shape[0]), int(array.shape[1])
         self.tile_height, self.tile_width = int(tile_height), int(tile_width)
         self.decoded = 0
         self._lock = threading.Lock()
+        self._fmt, self._name, self.key = fmt, name, key
+        #: as :attr:`TiledLevel.on_damaged`
+        self.on_damaged: Callable[[Any, int, int, Exception], None] | None = None
+
+    def _raw(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        with self._lock:  # zarr stores over one file handle are not guaranteed thread-safe
+            return to_rgb8(self._array[y0:y1, x0:x1], self._fmt)
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        with self._lock:  # zarr stores over one file handle are not guaranteed thread-safe
-            arr = np.asarray(self._array[y0:y1, x0:x1])
+        try:
+            out = self._raw(y0, y1, x0, x1)
+        except SlideError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - tifffile/zarr/imagecodecs error types
+            if self.on_damaged is None:
+                raise CorruptSlideError(
+                    f"{self._name}: pixels y {y0}-{y1}, x {x0}-{x1} cannot be decoded "
+                    f"({type(exc).__name__}: {exc}); the file is damaged: copy it again."
+                ) from exc
+            out = self._read_tiles(y0, y1, x0, x1)
         self.decoded += math.ceil((y1 - y0) / self.tile_height) * math.ceil(
             (x1 - x0) / self.tile_width)
-        if arr.ndim == 2:
-            arr = np.repeat(arr[..., None], 3, axis=2)
-        elif arr.shape[2] == 4:
-            arr = arr[..., :3]
-        if arr.dtype != np.uint8:
-            arr = _to_uint8(arr)
-        return np.ascontiguousarray(arr[..., :3])
+        return out
 
-
-def _to_uint8(arr: np.ndarray) -> np.ndarray:
-    if arr.dtype == np.uint16:
-        return (arr >> 8).astype(np.uint8)
-    lo, hi = float(arr.min(initial=0)), float(arr.max(initial=1))
-    return np.clip((arr - lo) * (255.0 / max(hi - lo, 1e-12)), 0, 255).astype(np.uint8)
+    def _read_tiles(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        th, tw = self.tile_height, self.tile_width
+        out = np.empty((y1 - y0, x1 - x0, 3), np.uint8)
+        for ty in range(y0 // th, (y1 - 1) // th + 1):
+            for tx in range(x0 // tw, (x1 - 1) // tw + 1):
+                a0, a1 = max(y0, ty * th), min(y1, (ty + 1) * th)
+                b0, b1 = max(x0, tx * tw), min(x1, (tx + 1) * tw)
+                try:
+                    part = self._raw(a0, a1, b0, b1)
+                except Exception as exc:  # noqa: BLE001 - as in read()
+                    self.on_damaged(self, ty, tx, exc)
+                    part = DAMAGED_GREY
+                out[a0 - y0 : a1 - y0, b0 - x0 : b1 - x0] = part
+        return out
 
 
 class OpenSlideLevel(TiledLevel):
