@@ -94,7 +94,8 @@ def _real_slide_part(slide_path: Path, model_path: Path | None, out: Path, ow: b
                 layer.visible = False
         written.append(save_screenshot(viewer, out / "03_model_attention.png", overwrite=ow))
         top = result.finest_scale
-        best = top.coords_xy[int(top.attention.argmax())] if top.attention is not None else top.coords_xy[0]
+        best = (top.coords_xy[int(top.attention.argmax())] if top.attention is not None
+                else top.coords_xy[0])
         _zoom_to(viewer, best + top.tile_size_level0 / 2, result.slide_mpp, 0.5)
         settle(viewer, 40)
         written.append(save_screenshot(viewer, out / "04_most_attended_tile.png", overwrite=ow))
@@ -111,7 +112,6 @@ def _synthetic_part(model_path: Path, out: Path, ow: bool) -> list[Path]:
     from ..export.rois import export_rois, rois_from_top_k
     from ..export.tables import write_tiles_csv, write_tiles_geojson
     from ..io.annotations import read_annotations
-
     from ..io.annotations.napari_convert import annotations_to_layer_data
 
     slide_path, _spec = _ensure_synthetic(sample_cache_dir())
@@ -128,9 +128,11 @@ def _synthetic_part(model_path: Path, out: Path, ow: bool) -> list[Path]:
     maps = result.tile_values()
     table = agreement_table(maps, truth, positive_classes=classes)
     report = {"slide": result.slide_name, "model": result.model_card.get("architecture"),
-              "probabilities": dict(zip(result.class_names, map(float, result.probabilities), strict=True)),
+              "probabilities": dict(zip(result.class_names, map(float, result.probabilities),
+                                        strict=True)),
               "positive_classes": classes, "agreement": [r.to_dict() for r in table]}
-    written.append(atomic_write_text(out / "agreement.json", json.dumps(report, indent=1), overwrite=ow))
+    written.append(atomic_write_text(out / "agreement.json", json.dumps(report, indent=1),
+                                     overwrite=ow))
     exports = out / "exports"
     exports.mkdir(exist_ok=True)
     written.append(write_tiles_geojson(maps, exports / "tiles.geojson", overwrite=ow))

@@ -84,7 +84,8 @@ def settle(viewer, rounds: int = 20) -> None:
     QApplication.processEvents()
 
 
-def save_screenshot(viewer, path: Path, *, overwrite: bool = True, canvas_only: bool = False) -> Path:
+def save_screenshot(viewer, path: Path, *, overwrite: bool = True,
+                    canvas_only: bool = False) -> Path:
     """Write what the user sees (window or canvas) to a PNG atomically."""
     from PIL import Image
 
