@@ -62,6 +62,7 @@ from .tiles import (
     TileCache,
     ZarrLevel,
     jpeg_page_supported,
+    read_box,
 )
 
 __all__ = ["Slide", "open_slide", "content_fingerprint", "MissingMppWarning",
@@ -416,15 +417,7 @@ class Slide:
         ds = self.level_downsamples[lvl]
         x0 = int(math.floor(xy[0] / ds + 1e-9))
         y0 = int(math.floor(xy[1] / ds + 1e-9))
-        reader = self._readers[lvl]
-        cx0, cy0 = max(0, x0), max(0, y0)
-        cx1, cy1 = min(reader.width, x0 + w), min(reader.height, y0 + h)
-        if cx0 == x0 and cy0 == y0 and cx1 == x0 + w and cy1 == y0 + h and w and h:
-            return reader.read(y0, y0 + h, x0, x0 + w)
-        out = np.full((h, w, 3), 255, np.uint8)
-        if cx1 > cx0 and cy1 > cy0:
-            out[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] = reader.read(cy0, cy1, cx0, cx1)
-        return out
+        return read_box(self._readers[lvl], x0, y0, w, h)
 
     def get_thumbnail(self, min_size: int = 1024) -> np.ndarray:
         """The coarsest level whose long side is ≥ ``min_size`` (else level 0), read whole."""

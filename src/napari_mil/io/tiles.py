@@ -36,6 +36,7 @@ __all__ = [
     "TiledLevel",
     "JpegTileLevel",
     "ZarrLevel",
+    "read_box",
     "OpenSlideLevel",
     "DownsampledLevel",
     "jpeg_page_supported",
@@ -224,6 +225,19 @@ class TiledLevel:
             out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = t[sy0 - oy : sy1 - oy,
                                                               sx0 - ox : sx1 - ox]
         return out
+
+
+def read_box(reader: LevelReader, x0: int, y0: int, w: int, h: int) -> np.ndarray:
+    """Pixels ``[y0, y0 + h) × [x0, x0 + w)`` of a level (its own pixel grid) → (h, w, 3)
+    uint8; white where the box leaves the level."""
+    cx0, cy0 = max(0, x0), max(0, y0)
+    cx1, cy1 = min(reader.width, x0 + w), min(reader.height, y0 + h)
+    if cx0 == x0 and cy0 == y0 and cx1 == x0 + w and cy1 == y0 + h and w and h:
+        return reader.read(y0, y0 + h, x0, x0 + w)
+    out = np.full((h, w, 3), WHITE, np.uint8)
+    if cx1 > cx0 and cy1 > cy0:
+        out[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] = reader.read(cy0, cy1, cx0, cx1)
+    return out
 
 
 def jpeg_page_supported(page) -> bool:

@@ -225,15 +225,9 @@ def _read_scaled(slide: Slide, level: Any, x: float, y: float, w: float, h: floa
     # the corner as read_region places it: rounded to a level-0 pixel, then floored
     x0 = int(np.floor(int(np.floor(x + 0.5)) / ds + 1e-9))
     y0 = int(np.floor(int(np.floor(y + 0.5)) / ds + 1e-9))
-    sw, sh = max(1, int(round(w / ds))), max(1, int(round(h / ds)))
-    cx0, cy0 = max(0, x0), max(0, y0)
-    cx1, cy1 = min(level.width, x0 + sw), min(level.height, y0 + sh)
-    if cx0 == x0 and cy0 == y0 and cx1 == x0 + sw and cy1 == y0 + sh:
-        return level.read(y0, y0 + sh, x0, x0 + sw)
-    out = np.full((sh, sw, 3), 255, np.uint8)
-    if cx1 > cx0 and cy1 > cy0:
-        out[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] = level.read(cy0, cy1, cx0, cx1)
-    return out
+    from ..io.tiles import read_box
+
+    return read_box(level, x0, y0, max(1, int(round(w / ds))), max(1, int(round(h / ds))))
 
 
 def read_patch(slide: Slide, box: Sequence[float], out_size_px: int | tuple[int, int], *,
