@@ -24,7 +24,7 @@ from ..config import Device, ScaleSpec
 from ..errors import ConfigError, ExtractorError
 from ..io.feature_cache import CacheKey, FeatureCache, FeatureCacheEntry, hash_boxes
 from ..io.feature_set import FeatureSet
-from ..tiling.patches import ReadMethod, as_read_method
+from ..tiling.patches import ReadMethod, as_read_method, over_damaged_tiles
 
 if TYPE_CHECKING:
     import torch
@@ -198,7 +198,7 @@ def extract_features(
             if entry is not None:
                 # Patches over a damaged tile are not cached: a later run served from the
                 # cache would decode nothing and could not see (and skip) the damage.
-                clean = ~_over_damage(slide, boxes[tiles])  # (B,)
+                clean = ~over_damaged_tiles(slide, boxes[tiles], out_size)  # (B,)
                 entry.add(tiles[clean], emb[clean])  # fills feats/done (the entry's arrays) too
                 feats[tiles[~clean]] = emb[~clean]
             else:
@@ -214,15 +214,6 @@ def extract_features(
         if entry is not None:
             entry.flush()
     return result(feats)
-
-
-def _over_damage(slide: Slide, boxes: np.ndarray) -> np.ndarray:
-    """(B,) True where a level-0 box overlaps a tile the slide found damaged (any level)."""
-    from ..tiling.patches import boxes_overlapping
-
-    if not getattr(slide, "damaged_tiles", None):
-        return np.zeros(len(boxes), bool)
-    return boxes_overlapping(boxes, slide.damaged_tile_boxes())
 
 
 def _read_tags(method: ReadMethod) -> tuple[str, ...]:

@@ -33,6 +33,7 @@ import numpy as np
 from ..config import Device
 from ..errors import ConfigError, CorruptSlideError, ModelError
 from ..io.feature_set import FeatureSet
+from ..tiling.patches import over_damaged_tiles
 from ..tiling.tissue import TissueMask, TissueParams
 from .result import ScaleMap, SlideResult
 
@@ -239,19 +240,6 @@ def _np(t) -> np.ndarray:
     return t.detach().float().cpu().numpy()
 
 
-def _damaged_mask(slide, boxes: np.ndarray, input_px: int) -> np.ndarray:
-    """(N,) True where a level-0 box ``(N, 4)`` overlaps a damaged tile of the native level
-    its patch is read from (the finest native level not finer than the patch needs)."""
-    from ..tiling.patches import boxes_overlapping, level_for_downsample
-
-    hit = np.zeros(len(boxes), bool)
-    if not len(boxes) or not getattr(slide, "damaged_tiles", None):
-        return hit
-    native = slide.level_downsamples[: slide.native_level_count]
-    need = float(np.min(boxes[:, 2])) / float(input_px)
-    return boxes_overlapping(boxes, slide.damaged_tile_boxes(level_for_downsample(native, need)))
-
-
 def _skip_damaged(slide, mask: np.ndarray, coords: np.ndarray, scale: str, damage: dict
                   ) -> Generator[RunProgress, None, np.ndarray]:
     """Record the patches over damaged tiles in ``damage``; return the indices to keep."""
@@ -311,8 +299,8 @@ def _run_bag(slide, model, tissue, extractor, features, settings, device, damage
             device)
         coords, tile_size, feats = grid.coords_xy, grid.tile_size_level0, fs.features
         keep = yield from _skip_damaged(
-            slide, _damaged_mask(slide, grid.boxes(), extractor.card.input_size_px), coords,
-            scale.name, damage)
+            slide, over_damaged_tiles(slide, grid.boxes(), extractor.card.input_size_px),
+            coords, scale.name, damage)
         if len(keep) < len(coords):
             coords, feats = coords[keep], feats[keep]
         extractor_card = extractor.card.to_dict()
@@ -365,7 +353,7 @@ def _run_concentric(slide, model, tissue, extractor, settings, device, damage):
     windows = context_windows(grid, factors)  # (N, S, 4)
     mask = np.zeros(n, bool)
     for k in range(windows.shape[1]):
-        mask |= _damaged_mask(slide, windows[:, k], extractor.card.input_size_px)
+        mask |= over_damaged_tiles(slide, windows[:, k], extractor.card.input_size_px)
     keep = yield from _skip_damaged(slide, mask, grid.coords_xy, finest.name, damage)
     if len(keep) < n:
         grid, x = grid.subset(keep), x[keep]

@@ -46,6 +46,7 @@ __all__ = [
     "boxes_overlapping",
     "iter_patch_batches",
     "level_for_downsample",
+    "over_damaged_tiles",
     "raster_order",
     "read_patch",
     "read_patches",
@@ -91,6 +92,18 @@ def boxes_overlapping(boxes: np.ndarray, others: np.ndarray) -> np.ndarray:
     x, y, w, h = (boxes[:, i : i + 1] for i in range(4))  # (N, 1) each
     bx, by, bw, bh = (others[None, :, i] for i in range(4))  # (1, M) each
     return ((x < bx + bw) & (x + w > bx) & (y < by + bh) & (y + h > by)).any(axis=1)
+
+
+def over_damaged_tiles(slide: Slide, boxes: np.ndarray, out_size_px: int) -> np.ndarray:
+    """(N,) True where a level-0 box ``(N, 4)`` read at ``out_size_px`` overlaps a tile the
+    slide found damaged on the native level its patch is read from (the coarsest native level
+    not coarser than the patch needs)."""
+    boxes = np.asarray(boxes, np.float64)
+    if not len(boxes) or not getattr(slide, "damaged_tiles", None):
+        return np.zeros(len(boxes), bool)
+    native = slide.level_downsamples[: slide.native_level_count]
+    need = float(np.min(boxes[:, 2])) / float(out_size_px)
+    return boxes_overlapping(boxes, slide.damaged_tile_boxes(level_for_downsample(native, need)))
 
 
 def level_for_downsample(level_downsamples: Sequence[float], downsample: float) -> int:
