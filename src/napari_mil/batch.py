@@ -165,9 +165,7 @@ def extractor_cached(model, extractor: str | None = None, device: str = "cpu"):
 def _clear_attempt(slide_dir: Path) -> None:
     """Remove an earlier attempt's outputs and the temporary files a killed write left."""
     for name in (DONE, *OUTPUTS):  # done.json first: the slide stops counting as complete
-        if (slide_dir / name).exists():
-            (slide_dir / name).unlink()
-    for name in (DONE, *OUTPUTS):
+        (slide_dir / name).unlink(missing_ok=True)
         for tmp in slide_dir.glob(f".{glob.escape(name)}.*.tmp"):
             if tmp.is_dir():
                 shutil.rmtree(tmp, ignore_errors=True)
