@@ -23,7 +23,16 @@ __all__ = [
     "ExportError",
     "ConfigError",
     "CancelledError",
+    "first_line",
 ]
+
+
+def first_line(exc: BaseException, limit: int | None = None) -> str:
+    """The first line of ``exc``'s message (at most ``limit`` characters), or its type name
+    when the message is empty: the part of a library's error worth quoting in ours."""
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line[:limit] if limit else line
 
 
 class NapariMilError(Exception):

@@ -45,7 +45,7 @@ import torch
 
 from .._types import PathLike
 from ..config import Device
-from ..errors import ExtractorError
+from ..errors import ExtractorError, first_line
 from .card import ExtractorCard, ExtractorKind, card_sidecar_path, read_card_json
 from .extractor import Extractor
 from .registry import EXPORT_SUFFIXES, TORCHSCRIPT_SUFFIXES, _file_fingerprint
@@ -56,11 +56,6 @@ if TYPE_CHECKING:
 __all__ = ["export_extractor", "load_exported"]
 
 log = logging.getLogger(__name__)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 #: file operations a feature extractor never needs (TorchScript source or export graph names)
@@ -131,7 +126,7 @@ def _scan_archive(path: Path) -> None:
     except ExtractorError:
         raise
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
-        raise ExtractorError(f"{path} is a damaged archive ({_first_line(exc)}).") from exc
+        raise ExtractorError(f"{path} is a damaged archive ({first_line(exc, 300)}).") from exc
 
 
 #: serialises the environment change below (two loads at once must not undo each other's)
@@ -190,7 +185,7 @@ def _load_program(path: Path, device: torch.device):
             raise _refusal(path, "it holds pickled Python objects (not just tensors), which "
                            "could run arbitrary code when unpickled") from None
         raise ExtractorError(
-            f"{path} is not a torch.export program ({_first_line(exc)}). Export the model with "
+            f"{path} is not a torch.export program ({first_line(exc, 300)}). Export the model with "
             "torch.export.export(...) and torch.export.save(...), or give a TorchScript file."
         ) from exc
     _check_graph_ops(path, (node.target for node in program.graph.nodes
@@ -211,9 +206,9 @@ def _load_torchscript(path: Path) -> nn.Module:
         module = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:
         raise ExtractorError(
-            f"{path} is not a TorchScript module ({_first_line(exc)}). napari-mil never unpickles "
-            "whole models: save yours with torch.jit.script(model).save(...) or export it with "
-            "torch.export (.pt2)."
+            f"{path} is not a TorchScript module ({first_line(exc, 300)}). napari-mil never "
+            "unpickles whole models: save yours with torch.jit.script(model).save(...) or export "
+            "it with torch.export (.pt2)."
         ) from exc
     try:
         kinds = [node.kind() for node in module.inlined_graph.nodes()]

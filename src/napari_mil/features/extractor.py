@@ -16,7 +16,7 @@ from torch import nn
 
 from ..config import Device
 from ..device import resolve_device
-from ..errors import ExtractorError
+from ..errors import ExtractorError, first_line
 from .card import ExtractorCard
 
 __all__ = ["Extractor"]
@@ -168,7 +168,7 @@ class Extractor(nn.Module):
             except (RuntimeError, TypeError, ValueError, AssertionError) as exc:
                 raise ExtractorError(
                     f"Embedder {self.card.name!r} failed on a batch of {tuple(chunk.shape)}: "
-                    f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}. Check that "
+                    f"{first_line(exc)}. Check that "
                     "the card's input_size_px matches the model."
                 ) from exc
             outs.append(out[:m])

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from .._types import PathLike
 from ..config import Device
-from ..errors import ExtractorError
+from ..errors import ExtractorError, first_line
 from .card import CARD_METADATA_KEY, ExtractorCard, ExtractorKind
 
 if TYPE_CHECKING:
@@ -130,7 +130,7 @@ def load_builtin_weights(module: nn.Module, state: dict[str, torch.Tensor], sour
         result = module.load_state_dict(state, strict=False)
     except RuntimeError as exc:
         raise ExtractorError(f"Weights in {source} do not fit the architecture: "
-                             f"{str(exc).splitlines()[0]}") from exc
+                             f"{first_line(exc)}") from exc
     if result.missing_keys or result.unexpected_keys:
         raise ExtractorError(
             f"Weights in {source} do not fit the architecture: missing {result.missing_keys[:5]}, "

@@ -22,7 +22,7 @@ import numpy as np
 
 from .._types import PathLike
 from ..config import MPP_AT_1X, ScaleSpec, scale_name
-from ..errors import FeatureError
+from ..errors import FeatureError, first_line
 from .feature_set import FeatureSet, check_against_slide
 
 if TYPE_CHECKING:
@@ -79,12 +79,8 @@ def _read_arrays(path: Path) -> tuple[np.ndarray, np.ndarray, dict, dict]:
     except FeatureError:
         raise
     except (OSError, KeyError, ValueError, TypeError, RuntimeError, MemoryError) as exc:
-        raise FeatureError(f"{path} is damaged or unreadable ({_first_line(exc)}); extract the "
+        raise FeatureError(f"{path} is damaged or unreadable ({first_line(exc, 200)}); extract the "
                            "features again or get an intact copy.") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
 
 
 def _refuse_links(fh, path: Path) -> None:
@@ -303,7 +299,7 @@ def read_features_h5(path: PathLike, slide: Slide | None = None, **clam_kwargs: 
         with _open(path) as fh:
             trident = "coords" in fh and "patch_size_level0" in fh["coords"].attrs
     except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
-        raise FeatureError(f"{path} is damaged or unreadable ({_first_line(exc)}); extract the "
+        raise FeatureError(f"{path} is damaged or unreadable ({first_line(exc, 200)}); extract the "
                            "features again or get an intact copy.") from None
     if trident:
         return read_trident_h5(path, slide)

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._types import PathLike
-from ..errors import CheckpointError
+from ..errors import CheckpointError, first_line
 from ..io.atomic import atomic_path
 from .card import MAX_CARD_BYTES, ExtractorRef, ModelCard, read_card
 from .registry import create_model, model_info
@@ -252,7 +252,7 @@ def _pickle_refusal(path: Path, exc: BaseException) -> CheckpointError:
         "files, because unpickling can run arbitrary code. Re-save it where it was made as a "
         "plain state_dict — torch.save(model.state_dict(), 'weights.pt') — or better as "
         "safetensors: safetensors.torch.save_file(model.state_dict(), 'weights.safetensors'). "
-        f"(torch refused it with: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+        f"(torch refused it with: {first_line(exc)})"
     )
 
 
