@@ -33,7 +33,7 @@ def _worker_peak_rss_mb() -> float:
 
 
 def _cohort(n: int, size: int, seed: int) -> list[Path]:
-    from napari_mil.io.synthetic import generate_cohort
+    from napari_mil.synthetic import generate_cohort
 
     folder = HERE / ".cache" / f"cohort-{n}-{size}-{seed}"
     if not (folder / "labels.csv").exists():

@@ -49,7 +49,7 @@ _WRITE = """
 import json, sys, time
 sys.path.insert(0, {hostile!r})
 import _hostile_load as H
-from napari_mil.io.synthetic_islands import Island, generate_island_slide
+from napari_mil.synthetic.islands import Island, generate_island_slide
 t0, c0 = time.perf_counter(), time.process_time()
 isl = H.islands() if {islands} else []
 generate_island_slide({path!r}, isl, H.SLIDE_SIZE, overwrite=True)

@@ -1,4 +1,4 @@
-"""Benchmark: writing a synthetic H&E slide (napari_mil.io.synthetic.generate_slide).
+"""Benchmark: writing a synthetic H&E slide (napari_mil.synthetic.generate_slide).
 
 Measures wall and CPU time of ``generate_slide`` for a square micro-lesion slide, and as the
 baseline the same pyramid written by ``write_pyramidal_tiff`` from a constant renderer (the
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_mil.io.synthetic import SyntheticSlideSpec, generate_slide, make_renderer
+from napari_mil.synthetic import SyntheticSlideSpec, generate_slide, make_renderer
 from napari_mil.io.tiff_writer import write_pyramidal_tiff
 
 RESULTS = Path(__file__).resolve().parent / "results" / "synthetic_write.json"

@@ -37,7 +37,7 @@ RUN_TIMEOUT_S = 540.0  # a run that never settles ends the probe (and shows as a
 
 
 def _slide(root: Path, size: int):
-    from napari_mil.io.synthetic import SyntheticSlideSpec, generate_slide
+    from napari_mil.synthetic import SyntheticSlideSpec, generate_slide
 
     return generate_slide(root / "bench_slide.svs", SyntheticSlideSpec(
         (size, size), seed=5, lesion_type="macro", n_lesions=2, n_tissue_pieces=2))

@@ -1,6 +1,6 @@
 """Train the small MIL checkpoints shipped in ``sample_data/`` (reproducible, CPU, minutes).
 
-1. ``napari_mil.io.synthetic.generate_cohort``: synthetic 40x H&E slides, half with lesions
+1. ``napari_mil.synthetic.generate_cohort``: synthetic 40x H&E slides, half with lesions
    (macro lesions by default), with ground-truth GeoJSON and labels.csv.
 2. Features with the shipped compact CNN (``cnn-20x``): a 20x grid per slide (ABMIL,
    FocusMIL), concentric 20x/10x/5x fields (CS-MIL) and linked 5x/20x grids (ZoomMIL).
@@ -29,7 +29,7 @@ from napari_mil.features.extract import extract_concentric, extract_features, ru
 from napari_mil.features.registry import create_extractor
 from napari_mil.io.atomic import atomic_write_text
 from napari_mil.io.slide import open_slide
-from napari_mil.io.synthetic import generate_cohort
+from napari_mil.synthetic import generate_cohort
 from napari_mil.tiling.grid import GridSpec, make_grid, make_multiscale_grid
 from napari_mil.tiling.tissue import detect_tissue
 from napari_mil.training.datasets import Bag, BagDataset

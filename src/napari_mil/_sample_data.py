@@ -36,7 +36,7 @@ def sample_cache_dir() -> Path:
 
 def synthetic_sample_spec():
     """The spec of the bundled synthetic sample (both lesion kinds and a pen mark)."""
-    from .io.synthetic import SyntheticSlideSpec
+    from .synthetic import SyntheticSlideSpec
 
     return SyntheticSlideSpec(size=(6144, 6144), seed=_SAMPLE_SEED, lesion_type="mixed",
                               n_lesions=4, n_tissue_pieces=1, pen_mark=True)
@@ -58,7 +58,7 @@ def cmu_small_region() -> list[LayerData]:
 
 def _ensure_synthetic(folder: Path) -> tuple[Path, Any]:
     from .errors import ExportError
-    from .io.synthetic import generate_slide
+    from .synthetic import generate_slide
 
     spec = synthetic_sample_spec()
     path = folder / f"synthetic-v{_SAMPLE_VERSION}-seed{spec.seed}.svs"
@@ -72,7 +72,7 @@ def _ensure_synthetic(folder: Path) -> tuple[Path, Any]:
 
 
 def _truth_shapes(polygons, mpp: float, name: str, *, visible: bool = True) -> LayerData:
-    from .io.synthetic import CLASS_COLORS
+    from .synthetic import CLASS_COLORS
 
     data = [np.asarray(p.xy[:-1, ::-1], np.float64) for p in polygons]  # (row, col) level-0 px
     colors = [np.array([*CLASS_COLORS.get(p.classification, (255, 255, 0)), 255]) / 255.0
@@ -94,7 +94,7 @@ def _truth_shapes(polygons, mpp: float, name: str, *, visible: bool = True) -> L
 
 def synthetic_slide() -> list[LayerData]:
     """A synthetic H&E slide with micro and macro lesions, and its ground-truth outlines."""
-    from .io.synthetic import ground_truth
+    from .synthetic import ground_truth
 
     path, spec = _ensure_synthetic(sample_cache_dir())
     truth = ground_truth(spec)

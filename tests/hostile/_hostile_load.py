@@ -32,8 +32,8 @@ BAG_DIM = 64
 
 # ----------------------------------------------------------------------------- helpers
 def islands():
-    from napari_mil.io.synthetic import SyntheticSlideSpec
-    from napari_mil.io.synthetic_islands import Island
+    from napari_mil.synthetic import SyntheticSlideSpec
+    from napari_mil.synthetic.islands import Island
 
     return [Island(o, SyntheticSlideSpec((ISLAND_PX, ISLAND_PX), seed=21 + i,
                                          n_tissue_pieces=1, faint_tissue=False))
@@ -42,7 +42,7 @@ def islands():
 
 def write_island_slide(path: Path):
     """The 100k × 100k glass slide with four 4096-px tissue islands → IslandSlide."""
-    from napari_mil.io.synthetic_islands import generate_island_slide
+    from napari_mil.synthetic.islands import generate_island_slide
 
     return generate_island_slide(path, islands(), SLIDE_SIZE)
 

@@ -8,8 +8,8 @@ import tifffile
 
 from napari_mil.errors import ConfigError
 from napari_mil.io.slide import open_slide
-from napari_mil.io.synthetic import SyntheticSlideSpec
-from napari_mil.io.synthetic_islands import (
+from napari_mil.synthetic import SyntheticSlideSpec
+from napari_mil.synthetic.islands import (
     GLASS_FILL,
     Island,
     IslandRenderer,
@@ -87,7 +87,7 @@ def test_island_renderer_matches_scene_and_refuses_misplaced_islands():
     render = IslandRenderer((4096, 4096), [Island((1024, 2048), spec)])
     assert render(1, 0, 0, 256, 256) is None
     tile = render(1, 1024 + 128, 2048 + 128, 256, 256)
-    from napari_mil.io.synthetic import make_renderer
+    from napari_mil.synthetic import make_renderer
 
     np.testing.assert_array_equal(tile, make_renderer(spec)(1, 128, 128, 256, 256))
     half = render(1, 1024 - 128, 2048, 256, 256)  # straddles the island's left edge

@@ -176,7 +176,7 @@ def rasterise(polygons, mask: TissueMask) -> np.ndarray:
 
 @pytest.mark.slow
 def test_generated_slide_against_its_ground_truth(tmp_path, shapes):
-    from napari_mil.io.synthetic import SyntheticSlideSpec, generate_slide
+    from napari_mil.synthetic import SyntheticSlideSpec, generate_slide
 
     spec = SyntheticSlideSpec(size=(1024, 1536), seed=2, mpp=2.0, pen_mark=True,
                               faint_tissue=True)

@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..errors import ConfigError
-    from ..io.synthetic import iter_cohort, plan_cohort
+    from ..synthetic import iter_cohort, plan_cohort
 
     if args.size is None and args.min_size > args.max_size:
         raise ConfigError(f"--min-size {args.min_size} is larger than --max-size {args.max_size}.")

@@ -15,14 +15,14 @@ import math
 
 import numpy as np
 
-from .synthetic_noise import (
+from .noise import (
     grid_nodes,
     hash_uniform,
     upsample_grid,
     value_noise_grid,
     value_noise_points,
 )
-from .synthetic_scene import (
+from .scene import (
     NUCLEUS_CELL_UM,
     NUCLEUS_RADIUS_UM,
     Scene,

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..config import MPP_AT_1X
 from ..errors import ConfigError
-from .synthetic_noise import hash_uniform, value_noise_points
+from .noise import hash_uniform, value_noise_points
 
 __all__ = [
     "LesionType",

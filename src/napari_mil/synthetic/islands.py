@@ -17,8 +17,8 @@ import numpy as np
 
 from .._types import PathLike
 from ..errors import ConfigError
-from .synthetic_render import GLASS_RGB, SceneRenderer
-from .synthetic_scene import SyntheticSlideSpec, build_scene
+from .render import GLASS_RGB, SceneRenderer
+from .scene import SyntheticSlideSpec, build_scene
 
 __all__ = ["Island", "IslandRenderer", "IslandSlide", "generate_island_slide", "GLASS_FILL"]
 
@@ -103,7 +103,7 @@ def generate_island_slide(
 ) -> IslandSlide:
     """Write an Aperio-style JPEG pyramid of ``size`` (height, width) that is glass except for
     ``islands``; levels go down by 4× until the long side is < 4·``min_level_px``."""
-    from .tiff_writer import pyramid_downsamples, write_pyramidal_tiff
+    from ..io.tiff_writer import pyramid_downsamples, write_pyramidal_tiff
 
     path = Path(path)
     h, w = (int(v) for v in size)

@@ -13,7 +13,7 @@ from shapely import contains_xy
 from shapely.geometry import Polygon
 
 from napari_mil.errors import ConfigError, ExportError
-from napari_mil.io.synthetic import (
+from napari_mil.synthetic import (
     CLASS_COLORS,
     SyntheticSlideSpec,
     generate_cohort,

@@ -27,9 +27,9 @@ import numpy as np
 from .._progress import run_to_end
 from .._types import PathLike
 from ..errors import ConfigError
-from .atomic import atomic_write_csv, atomic_write_text, check_writable
-from .synthetic_render import GLASS_RGB, PrefetchRenderer, SceneRenderer
-from .synthetic_scene import LesionType, Scene, SyntheticSlideSpec, build_scene
+from ..io.atomic import atomic_write_csv, atomic_write_text, check_writable
+from .render import GLASS_RGB, PrefetchRenderer, SceneRenderer
+from .scene import LesionType, Scene, SyntheticSlideSpec, build_scene
 
 __all__ = [
     "LesionType",
@@ -188,7 +188,7 @@ def generate_slide(path: PathLike, spec: SyntheticSlideSpec, *, overwrite: bool 
     ``workers`` threads render tiles ahead of the writer (default: up to 8, one per core);
     the bytes written do not depend on it.
     """
-    from .tiff_writer import write_pyramidal_tiff
+    from ..io.tiff_writer import write_pyramidal_tiff
 
     path = Path(path)
     geojson_path = path.with_suffix(".geojson")
