@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_mil.synthetic import SyntheticSlideSpec, generate_slide, make_renderer
 from napari_mil.io.tiff_writer import write_pyramidal_tiff
+from napari_mil.synthetic import SyntheticSlideSpec, generate_slide, make_renderer
 
 RESULTS = Path(__file__).resolve().parent / "results" / "synthetic_write.json"
 

@@ -8,6 +8,7 @@ import tifffile
 
 from napari_mil.errors import ConfigError
 from napari_mil.io.slide import open_slide
+from napari_mil.io.tiff_writer import write_pyramidal_tiff
 from napari_mil.synthetic import SyntheticSlideSpec
 from napari_mil.synthetic.islands import (
     GLASS_FILL,
@@ -15,7 +16,6 @@ from napari_mil.synthetic.islands import (
     IslandRenderer,
     generate_island_slide,
 )
-from napari_mil.io.tiff_writer import write_pyramidal_tiff
 
 RED = np.array([200, 40, 40], np.uint8)
 

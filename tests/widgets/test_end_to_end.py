@@ -21,10 +21,10 @@ def trained(tmp_path_factory):
     """(slide path, lesion polygons, checkpoint): a probe on 'cnn' features of this slide."""
     from napari_mil.features.extract import extract_features, run_to_end
     from napari_mil.io.slide import open_slide
-    from napari_mil.synthetic import SyntheticSlideSpec, generate_slide
     from napari_mil.models.card import ModelCard
     from napari_mil.models.checkpoint import save_model
     from napari_mil.models.registry import create_model
+    from napari_mil.synthetic import SyntheticSlideSpec, generate_slide
     from napari_mil.tiling.grid import GridSpec, make_grid
     from napari_mil.tiling.tissue import detect_tissue
 
