@@ -6,40 +6,33 @@ Preferred format: one ``.safetensors`` file whose metadata holds the card JSON u
 card is given (``card=`` a :class:`ModelCard`, a dict or a JSON path) or lies beside the file as
 ``<name>.card.json`` / ``<stem>.json``.
 
-Key mapping (foreign names → ours) is chosen automatically by best match:
-
-========================  ===========================================================
-source                    rule
-========================  ===========================================================
-wrappers                  leading ``module.`` (DataParallel) / ``model.`` / ``state_dict``
-                          nesting are removed
-torchmil                  a torchmil model's own ``state_dict`` → prefixed ``mil.``
-                          (every torchmil adapter holds the torchmil model as ``.mil``)
-CLAM (mahmoodlab)         ``attention_net.0`` → ``mil.feat_ext.0``; ``attention_a.0`` /
-                          ``attention_b.0`` / ``attention_c`` → ``mil.pool.fc1`` / ``fc_gated``
-                          / ``fc2`` (the bias of ``attention_c`` is dropped: softmax ignores
-                          it); ``classifiers`` → ``mil.classifier``; ``instance_classifiers.i``
-                          → ``mil.inst_classifiers.i`` (see ``ClamSB``)
-others                    a model class may define ``state_dict_key_maps`` =
-                          ``{"format": ((regex, replacement or None to drop), ...)}``
-========================  ===========================================================
+Key names are matched by :mod:`napari_mil.models.state_match`: wrapper prefixes are removed,
+original repositories' layouts (CLAM, dsmil-wsi, TransMIL, AttentionDeepMIL, ZoomMIL, ICMIL;
+:mod:`napari_mil.models.foreign`) are converted and their kwargs read from tensor shapes, and
+a class's ``state_dict_key_maps`` (torchmil's own names) are tried. A torchmil sidecar JSON
+(``{"torchmil_class", "kwargs"}`` or torchmil's constructor arguments) is converted to a card.
 """
 
 from __future__ import annotations
 
 import json
-import pickle
-import re
-import struct
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._types import PathLike
-from ..errors import CheckpointError, first_line
+from ..errors import CheckpointError
 from ..io.atomic import atomic_path
 from .card import MAX_CARD_BYTES, ExtractorRef, ModelCard, read_card
 from .registry import create_model, model_info
+from .state_match import Match, check_state, map_state_dict
+from .weights_file import (
+    TORCH_SUFFIXES,
+    bad_safetensors,
+    load_state_dict_file,
+    safetensors_header,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -51,6 +44,8 @@ __all__ = [
     "save_model",
     "load_model",
     "read_checkpoint_card",
+    "checkpoint_card",
+    "sidecar_card_path",
     "check_features",
     "map_state_dict",
     "load_state_dict_file",
@@ -58,9 +53,6 @@ __all__ = [
 
 #: metadata key of the card inside a .safetensors file
 CARD_KEY = "napari_mil.card"
-_TORCH_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt", ".tar"}
-_NESTED_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights")
-_WRAPPER_RULES = ((r"^module\.", ""), (r"^model\.", ""))
 #: refuse to allocate a model this many times larger than the tensors in the file
 _MAX_PARAM_RATIO = 4.0
 #: packages that architectures import inside their constructors
@@ -131,7 +123,8 @@ def save_model(
         )
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     reference = _build(card, meta=True)
-    _check_keys_and_shapes(state, reference, card, source="the model being saved")
+    check_state(Match(dict(state), "native", state), reference, card,
+                source="the model being saved")
     if Path(path).suffix.lower() != ".safetensors":
         raise CheckpointError(
             f"Save checkpoints as .safetensors, not {Path(path).suffix or 'no suffix'}."
@@ -142,89 +135,9 @@ def save_model(
 
 
 # ---------------------------------------------------------------------------- reading files
-def _safetensors_header(path: Path) -> dict | None:
-    """The JSON header of a safetensors file, or None when the file is not one.
-
-    A header that parses as a JSON object is checked entry by entry (dtype, shape, offsets
-    inside the file, no overlaps) before anything else reads the file: a forged header is a
-    :class:`CheckpointError` that names the entry, and nothing is allocated for it.
-    """
-    size = path.stat().st_size
-    with path.open("rb") as fh:
-        head = fh.read(8)
-        if len(head) < 8:
-            return None
-        (n,) = struct.unpack("<Q", head)
-        if n < 2 or n > min(size - 8, 100_000_000):
-            return None
-        first = fh.read(1)
-        if first != b"{":
-            return None
-        try:
-            header = json.loads(first + fh.read(n - 1))
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
-            return None
-    if not isinstance(header, dict):
-        return None
-    _check_safetensors_header(header, path, size - 8 - n)
-    return header
-
-
-#: bytes per element of the safetensors dtypes napari-mil reads
-_ST_ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2,
-                "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
-_MAX_NDIM = 16
-
-
-def _check_safetensors_header(header: dict, path: Path, data_size: int) -> None:
-    def bad(what: str) -> CheckpointError:
-        return CheckpointError(
-            f"{path} is a damaged or forged safetensors file: {what}. Re-save the checkpoint "
-            "(napari_mil.models.save_model or safetensors.torch.save_file) or get an intact copy."
-        )
-
-    meta = header.get("__metadata__")
-    if meta is not None and not (
-        isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())
-    ):
-        raise bad("its __metadata__ is not a map of strings")
-    spans = []
-    for key, entry in header.items():
-        if key == "__metadata__":
-            continue
-        name = repr(key[:80])
-        if not isinstance(entry, dict):
-            raise bad(f"entry {name} is not an object")
-        dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-        if dtype not in _ST_ITEMSIZE:
-            raise bad(f"tensor {name} has unknown dtype {str(dtype)[:20]!r} (known: "
-                      f"{', '.join(_ST_ITEMSIZE)})")
-        if not (isinstance(shape, list) and len(shape) <= _MAX_NDIM and all(
-                isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
-            raise bad(f"tensor {name} has shape {str(shape)[:60]}, not a list of sizes ≥ 0")
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(
-                isinstance(o, int) and not isinstance(o, bool) for o in offsets)):
-            raise bad(f"tensor {name} has data_offsets {str(offsets)[:60]}, not [begin, end]")
-        begin, end = offsets
-        if not 0 <= begin <= end <= data_size:
-            raise bad(f"tensor {name} claims bytes {begin}..{end} but the file holds "
-                      f"{data_size} bytes of tensor data")
-        n_bytes = _ST_ITEMSIZE[dtype]
-        for d in shape:  # Python ints: an absurd shape cannot overflow
-            n_bytes *= d
-        if n_bytes != end - begin:
-            raise bad(f"tensor {name} of shape {shape[:8]} and dtype {dtype} needs {n_bytes:,} "
-                      f"bytes but its data_offsets span {end - begin:,}")
-        spans.append((begin, end, name))
-    spans.sort()
-    for (_, end_a, name_a), (begin_b, _, name_b) in zip(spans, spans[1:], strict=False):
-        if begin_b < end_a:
-            raise bad(f"tensors {name_a} and {name_b} overlap")
-
-
 def read_checkpoint_card(path: PathLike) -> ModelCard | None:
     """The card stored in a ``.safetensors`` checkpoint, or None when it has none."""
-    header = _safetensors_header(Path(path))
+    header = safetensors_header(Path(path))
     if header is None:
         return None
     text = (header.get("__metadata__") or {}).get(CARD_KEY)  # a map of strings (checked)
@@ -236,185 +149,6 @@ def read_checkpoint_card(path: PathLike) -> ModelCard | None:
         return ModelCard.from_json(text)
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: its embedded model card is invalid: {exc}") from exc
-
-
-def _bad_safetensors(path: Path) -> CheckpointError:
-    return CheckpointError(
-        f"{path} is not a valid safetensors file (bad header: empty, truncated, or its header "
-        "length or JSON is wrong). Re-save the checkpoint with napari_mil.models.save_model or "
-        "get an intact copy."
-    )
-
-
-def _pickle_refusal(path: Path, exc: BaseException) -> CheckpointError:
-    return CheckpointError(
-        f"{path} contains pickled Python objects (not just tensors); napari-mil never unpickles "
-        "files, because unpickling can run arbitrary code. Re-save it where it was made as a "
-        "plain state_dict — torch.save(model.state_dict(), 'weights.pt') — or better as "
-        "safetensors: safetensors.torch.save_file(model.state_dict(), 'weights.safetensors'). "
-        f"(torch refused it with: {first_line(exc)})"
-    )
-
-
-def _tensor_count_from_header(header: Mapping) -> int:
-    total = 0
-    for key, entry in header.items():
-        if key == "__metadata__" or not isinstance(entry, Mapping):
-            continue
-        n = 1
-        for d in entry.get("shape", ()):
-            n *= int(d)
-        total += n
-    return total
-
-
-def load_state_dict_file(path: PathLike) -> dict[str, torch.Tensor]:
-    """Tensors of a weights file, read without unpickling anything.
-
-    ``.safetensors`` directly; torch files only through ``torch.load(weights_only=True)``; a
-    checkpoint dict nesting the weights under ``state_dict``/``model``/... is unwrapped.
-    """
-    import torch
-
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"Checkpoint {path} does not exist.")
-    if _safetensors_header(path) is not None:
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path), device="cpu")
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError(
-                f"{path} is a damaged safetensors file: {exc}. Re-save the checkpoint or get an "
-                "intact copy."
-            ) from exc
-    if path.suffix.lower() == ".safetensors":
-        raise _bad_safetensors(path)
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise _pickle_refusal(path, exc) from None
-    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, TypeError) as exc:
-        text = str(exc)
-        if "weights_only" in text or "Unsupported global" in text or "unpickl" in text.lower():
-            raise _pickle_refusal(path, exc) from None
-        first = text.splitlines()[0] if text else repr(exc)
-        raise CheckpointError(
-            f"{path} is not a readable PyTorch weights file ({first}). "
-            "Give a .safetensors or a torch state_dict file."
-        ) from None
-    return _extract_state_dict(obj, path)
-
-
-def _extract_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
-    import torch
-
-    if isinstance(obj, Mapping):
-        tensors = {
-            k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)
-        }
-        if tensors:
-            return tensors
-        for key in _NESTED_KEYS:
-            if isinstance(obj.get(key), Mapping):
-                return _extract_state_dict(obj[key], path)
-    raise CheckpointError(
-        f"{path} holds no state_dict (a mapping of names to tensors); found {type(obj).__name__}"
-        + (f" with keys {sorted(map(str, obj))[:8]}" if isinstance(obj, Mapping) else "")
-        + "."
-    )
-
-
-# ---------------------------------------------------------------------------- key mapping
-def _apply_rules(state: Mapping[str, Any], rules) -> tuple[dict[str, Any], list[str]]:
-    out: dict[str, Any] = {}
-    dropped: list[str] = []
-    compiled = [(re.compile(p), r) for p, r in rules]
-    for key, val in state.items():
-        new = key
-        for pat, rep in compiled:
-            if pat.search(new):
-                if rep is None:
-                    new = None
-                    break
-                new = pat.sub(rep, new, count=1)
-                break
-        if new is None:
-            dropped.append(key)
-        else:
-            out[new] = val
-    return out, dropped
-
-
-def map_state_dict(state: Mapping[str, Any], model: torch.nn.Module) -> tuple[dict[str, Any], str]:
-    """Rename foreign keys to ``model``'s names; returns (mapped state, chosen format name)."""
-    target = set(model.state_dict())
-    unwrapped = dict(state)
-    for _ in range(3):  # strip nested wrapper prefixes ("module.model.")
-        if not unwrapped or all(k in target for k in unwrapped):
-            break
-        candidate, _ = _apply_rules(unwrapped, _WRAPPER_RULES)
-        if (
-            len(set(candidate) & target) < len(set(unwrapped) & target)
-            or candidate.keys() == unwrapped.keys()
-        ):
-            break
-        unwrapped = candidate
-    formats: dict[str, Any] = {"native": ()}
-    formats.update(getattr(type(model), "state_dict_key_maps", {}) or {})
-    best, best_name, best_score = unwrapped, "native", len(set(unwrapped) & target)
-    for name, rules in formats.items():
-        if name == "native":
-            continue
-        mapped, _ = _apply_rules(unwrapped, rules)
-        score = len(set(mapped) & target)
-        if score > best_score:
-            best, best_name, best_score = mapped, name, score
-    return best, best_name
-
-
-def _check_keys_and_shapes(
-    state: Mapping[str, Any],
-    model: torch.nn.Module,
-    card: ModelCard,
-    *,
-    source: str,
-    strict: bool = True,
-) -> None:
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    extra = sorted(set(state) - set(expected))
-    problems = []
-    if missing and strict:
-        problems.append(f"missing keys {_short(missing)}")
-    if extra and strict:
-        problems.append(f"unexpected keys {_short(extra)}")
-    shape_msgs = []
-    for key in sorted(set(expected) & set(state)):
-        a, b = tuple(state[key].shape), tuple(expected[key].shape)
-        if a != b:
-            shape_msgs.append(f"{key}: weights {a} vs model {b}")
-    if shape_msgs:
-        problems.append(
-            "wrong shapes ("
-            + "; ".join(shape_msgs[:5])
-            + (f"; … {len(shape_msgs) - 5} more" if len(shape_msgs) > 5 else "")
-            + ")"
-        )
-    if problems:
-        raise CheckpointError(
-            f"The weights in {source} do not fit architecture {card.architecture!r} with "
-            f"kwargs {dict(card.kwargs)} and feature_dim {card.feature_dim}: "
-            + "; ".join(problems)
-            + ". Check that the card's architecture, kwargs and feature_dim match how the "
-            "model was trained (or pass strict=False to ignore missing/unexpected keys)."
-        )
-
-
-def _short(keys: list[str], n: int = 8) -> str:
-    return str(keys[:n])[:-1] + (f", … {len(keys) - n} more]" if len(keys) > n else "]")
 
 
 # ---------------------------------------------------------------------------- building
@@ -492,24 +226,90 @@ def _build(card: ModelCard, *, meta: bool = False) -> torch.nn.Module:
     return model
 
 
-def _resolve_card(path: Path, card) -> ModelCard:
-    if card is not None:
-        return read_card(card)
-    embedded = read_checkpoint_card(path)
-    if embedded is not None:
-        return embedded
+def _read_json(path: Path) -> Any:
+    if path.stat().st_size > MAX_CARD_BYTES:
+        raise CheckpointError(f"Model card file {path} is larger than {MAX_CARD_BYTES:,} bytes.")
+    try:
+        return json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: the model card is not valid JSON: {exc}.") from exc
+
+
+def _card_from(card: Any, state: Mapping[str, Any], source: str) -> ModelCard:
+    """A ModelCard from a card / dict / JSON text / JSON path; torchmil sidecars converted."""
+    from .foreign.torchmil_json import card_from_torchmil, is_torchmil_sidecar
+
+    data = card
+    if isinstance(card, str) and card.lstrip().startswith("{"):
+        try:
+            data = json.loads(card)
+        except json.JSONDecodeError:
+            data = card
+    elif isinstance(card, (str, Path)) and Path(card).is_file():
+        data = _read_json(Path(card))
+        source = str(card)
+    if is_torchmil_sidecar(data):
+        return card_from_torchmil(data, state, source=source)
+    try:
+        return read_card(data if isinstance(data, Mapping) else card)
+    except CheckpointError as exc:
+        if isinstance(card, (str, Path)) and Path(card).is_file():
+            raise CheckpointError(f"{card}: {exc}") from exc
+        raise
+
+
+def sidecar_card_path(path: PathLike) -> Path | None:
+    """The card JSON beside a weights file (``<name>.card.json``, ``<stem>.card.json`` or
+    ``<stem>.json``), or None."""
+    path = Path(path)
     for side in (
         path.with_name(path.name + ".card.json"),
         path.with_suffix(".card.json"),
         path.with_suffix(".json"),
     ):
         if side.is_file() and side != path:
-            return read_card(side)
-    raise CheckpointError(
-        f"{path} has no model card. Plain state_dict files need one: pass card='card.json' "
-        "(a JSON with architecture, kwargs, feature_dim, class_names, extractor, scales) or put "
-        f"it beside the weights as {path.name}.card.json."
-    )
+            return side
+    return None
+
+
+def checkpoint_card(path: PathLike, card: Any = None) -> ModelCard:
+    """The card a checkpoint loads with: ``card`` when given, else the one embedded in a
+    ``.safetensors`` file, else the JSON beside it (a torchmil sidecar is converted)."""
+    path = Path(path)
+    if card is None:
+        embedded = read_checkpoint_card(path)
+        if embedded is not None:
+            return embedded
+        card = sidecar_card_path(path)
+        if card is None:
+            raise CheckpointError(
+                f"{path} has no model card. Plain state_dict files need one: pass "
+                "card='card.json' (a JSON with architecture, kwargs, feature_dim, class_names, "
+                f"extractor, scales — or torchmil's constructor arguments) or put it beside the "
+                f"weights as {path.name}.card.json."
+            )
+    from .weights_file import load_state_dict_file
+
+    state = load_state_dict_file(path) if _needs_state(card) else {}
+    return _card_from(card, state, path.name)
+
+
+def _needs_state(card: Any) -> bool:
+    """A bare torchmil sidecar (no class name) needs the weights to choose the class."""
+    if isinstance(card, (str, Path)) and not str(card).lstrip().startswith("{"):
+        try:
+            data = _read_json(Path(card))
+        except (CheckpointError, OSError):
+            return False
+    elif isinstance(card, str):
+        try:
+            data = json.loads(card)
+        except json.JSONDecodeError:
+            return False
+    else:
+        data = card
+    return isinstance(data, Mapping) and "in_shape" in data and "torchmil_class" not in data \
+        and "architecture" not in data
 
 
 def load_model(
@@ -522,48 +322,75 @@ def load_model(
     """Load a checkpoint as a model in eval mode, with ``.card`` set.
 
     ``card`` overrides the card embedded in a ``.safetensors`` file and is required for plain
-    state_dict files without a card beside them. Any mismatch is a :class:`CheckpointError`.
+    state_dict files without a card (or torchmil sidecar JSON) beside them. Original
+    repositories' layouts (:mod:`napari_mil.models.foreign`) are converted, their kwargs read
+    from the tensor shapes into ``model.card``. ``strict=False`` still needs every parameter
+    of the model and lists the file's keys it ignored (``model.checkpoint_ignored``, and a
+    warning). Any mismatch is a :class:`CheckpointError` naming the layout it detected.
     """
-
     from ..device import resolve_device
+    from .state_match import choose_foreign, fill_kwargs, unwrap
 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {path} does not exist.")
-    header = _safetensors_header(path)
+    header = safetensors_header(path)
     if header is None and path.suffix.lower() == ".safetensors":
-        raise _bad_safetensors(path)
-    if header is None and path.suffix.lower() not in _TORCH_SUFFIXES | {".safetensors"}:
+        raise bad_safetensors(path)
+    if header is None and path.suffix.lower() not in TORCH_SUFFIXES | {".safetensors"}:
         raise CheckpointError(
             f"{path} is neither a .safetensors file nor a torch state_dict "
-            f"({', '.join(sorted(_TORCH_SUFFIXES))})."
+            f"({', '.join(sorted(TORCH_SUFFIXES))})."
         )
-    model_card = _resolve_card(path, card)
+    state = unwrap(load_state_dict_file(path))
+    if card is None:
+        card = read_checkpoint_card(path) or sidecar_card_path(path)
+    model_card = _card_from(card, state, path.name) if card is not None else checkpoint_card(path)
+    model_info(model_card.architecture)  # an unknown architecture is named first
+    match = choose_foreign(state, model_card.architecture)
+    if match is not None:
+        model_card = fill_kwargs(model_card, match, path.name)
     # size guard before allocating anything: build on the meta device and compare
     reference = _build(model_card, meta=True)
-    n_model = sum(t.numel() for t in reference.state_dict().values())
-    if header is not None:
-        n_file = _tensor_count_from_header(header)
-    else:
-        n_file = max(path.stat().st_size // 2, 1)  # ≥ fp16 elements the file can hold
-    if n_model > _MAX_PARAM_RATIO * n_file + 1_000_000:
-        raise CheckpointError(
-            f"The card asks for a {card_desc(model_card)} with {n_model:,} weights but {path.name} "
-            f"holds about {n_file:,}: the card's kwargs/feature_dim do not belong to these weights."
-        )
-    state = load_state_dict_file(path)
-    state, fmt = map_state_dict(state, reference)
-    _check_keys_and_shapes(state, reference, model_card, source=path.name, strict=strict)
+    _guard_ok(model_card, _count(state), path, reference)
+    if match is None:
+        mapped, fmt = map_state_dict(state, reference)
+        match = Match(mapped, fmt, state)
+    ignored, defaults = check_state(match, reference, model_card, source=path.name,
+                                    strict=strict)
     model = _build(model_card)
     own = model.state_dict()
-    state = {k: v.to(own[k].dtype) if k in own else v for k, v in state.items()}
+    loaded = {k: v.to(own[k].dtype) for k, v in match.state.items() if k in own}
     try:
-        model.load_state_dict(state, strict=strict)
+        model.load_state_dict(loaded, strict=False)
     except RuntimeError as exc:  # pragma: no cover - checked above; kept as a safety net
         raise CheckpointError(f"{path.name} does not fit the model: {exc}") from exc
+    if ignored or defaults:
+        warnings.warn(
+            f"{path.name}: loaded with strict=False; ignored {len(ignored)} key(s) of the file "
+            f"{ignored[:8]}" + (f" and kept {len(defaults)} buffer(s) at their defaults "
+                                f"{defaults[:8]}" if defaults else "") + ".",
+            stacklevel=2,
+        )
     model.card = model_card
-    model.checkpoint_format = fmt
+    model.checkpoint_format = match.format
+    model.checkpoint_ignored = tuple(ignored)
+    model.checkpoint_dropped = tuple(match.dropped)
     return model.to(resolve_device(device)).eval()
+
+
+def _count(state: Mapping[str, Any]) -> int:
+    return sum(int(v.numel()) for v in state.values())
+
+
+def _guard_ok(card: ModelCard, n_file: int, path: Path, reference) -> None:
+    """Refuse a card whose model is far larger than the weights in the file."""
+    n_model = sum(t.numel() for t in reference.state_dict().values())
+    if n_model > _MAX_PARAM_RATIO * n_file + 1_000_000:
+        raise CheckpointError(
+            f"The card asks for a {card_desc(card)} with {n_model:,} weights but {path.name} "
+            f"holds about {n_file:,}: the card's kwargs/feature_dim do not belong to these weights."
+        )
 
 
 def card_desc(card: ModelCard) -> str:

@@ -143,24 +143,8 @@ class ClamSB(TorchmilAdapter):
     original CLAM, 1024 → 512); ``n_classes`` > 1 gives a softmax head with one instance
     classifier per class (torchmil's default is 1 logit with 2 instance classifiers). Original
     mahmoodlab CLAM_SB state_dicts load with ``hidden_dim=512, att_dim=256, gated=True,
-    n_classes=2`` (see ``state_dict_key_maps``).
+    n_classes=2`` (key map: :mod:`napari_mil.models.foreign.clam`).
     """
-
-    state_dict_key_maps = {
-        **TorchmilAdapter.state_dict_key_maps,
-        "clam": (
-            (r"^attention_net\.0\.", "mil.feat_ext.0."),
-            (r"^attention_net\.\d+\.attention_a\.0\.", "mil.pool.fc1.module."),
-            (r"^attention_net\.\d+\.attention_b\.0\.", "mil.pool.fc_gated.module."),
-            (r"^attention_net\.\d+\.attention_c\.weight$", "mil.pool.fc2.weight"),
-            (r"^attention_net\.\d+\.attention_c\.bias$", None),  # softmax ignores it
-            (r"^attention_net\.\d+\.module\.0\.", "mil.pool.fc1.module."),  # Attn_Net (not gated)
-            (r"^attention_net\.\d+\.module\.[23]\.weight$", "mil.pool.fc2.weight"),
-            (r"^attention_net\.\d+\.module\.[23]\.bias$", None),
-            (r"^classifiers\.", "mil.classifier.module."),
-            (r"^instance_classifiers\.(\d+)\.", r"mil.inst_classifiers.\1.module."),
-        ),
-    }
 
     def __init__(
         self,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from . import (  # noqa: F401  (importing registers the architectures)
+    clam_mb,  # clam_mb (mahmoodlab CLAM_MB's forward)
     csmil,  # csmil
+    dsmil_original,  # dsmil_original (dsmil-wsi's forward)
     focusmil,  # minet, focusmil
     icmil,  # icmil
     torchmil_adapters,  # abmil, gated_abmil, clam_sb, dsmil, smabmil
