@@ -329,7 +329,7 @@ def load_model(
     warning). Any mismatch is a :class:`CheckpointError` naming the layout it detected.
     """
     from ..device import resolve_device
-    from .state_match import choose_foreign, fill_kwargs, unwrap
+    from .state_match import choose_foreign, fill_kwargs, refuse_other_layout, unwrap
 
     path = Path(path)
     if not path.is_file():
@@ -350,6 +350,8 @@ def load_model(
     match = choose_foreign(state, model_card.architecture)
     if match is not None:
         model_card = fill_kwargs(model_card, match, path.name)
+    else:
+        refuse_other_layout(state, model_card, path.name)
     # size guard before allocating anything: build on the meta device and compare
     reference = _build(model_card, meta=True)
     _guard_ok(model_card, _count(state), path, reference)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
-from ._common import check_bag, masked_softmax
+from ._common import check_bag
 from .output import MILOutput
 from .registry import register_model
 
@@ -63,8 +63,10 @@ class ClamMB(nn.Module):
         if self.att_b is not None:
             a = a * torch.sigmoid(self.att_b(h))
         scores = self.att_c(a)  # (B, N, C)
-        m = None if mask is None else mask.unsqueeze(-1).expand_as(scores)
-        att = masked_softmax(scores.transpose(1, 2), None if m is None else m.transpose(1, 2))
+        logit_t = scores.transpose(1, 2)  # (B, C, N)
+        if mask is not None:
+            logit_t = logit_t.masked_fill(~mask.unsqueeze(1), float("-inf"))
+        att = torch.softmax(logit_t, dim=-1)  # (B, C, N): softmax over the bag per class
         emb = att @ h  # (B, C, H)
         logits = torch.cat(
             [clf(emb[:, c]) for c, clf in enumerate(self.classifiers)], dim=-1

@@ -28,7 +28,8 @@ from .foreign import Detection, ForeignFormat, apply_rules, detect_formats
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Match", "unwrap", "choose_foreign", "fill_kwargs", "map_state_dict", "check_state"]
+__all__ = ["Match", "unwrap", "choose_foreign", "fill_kwargs", "map_state_dict", "check_state",
+           "refuse_other_layout"]
 
 _WRAPPERS = ("module.", "model.")
 
@@ -169,21 +170,35 @@ def _describe(match: Match) -> str:
         match.format, f"{match.format} key names")
 
 
+def refuse_other_layout(state: Mapping[str, Any], card: ModelCard, source: str) -> None:
+    """Raise when ``state`` is an original repository's layout for another architecture."""
+    det = next((d for d in detect_formats(state) if d.score >= 0.5), None)
+    if det is not None and det.format.architecture != card.architecture:
+        raise CheckpointError(_head(source, card) + _redirect(det))
+
+
+def _head(source: str, card: ModelCard) -> str:
+    return (f"{source} does not fit architecture {card.architecture!r} (kwargs "
+            f"{dict(card.kwargs)}, feature_dim {card.feature_dim}). ")
+
+
+def _redirect(other: Detection) -> str:
+    return (f"Its keys are the {other.format.name} layout ({other.format.source}): "
+            f"{len(other.recognised)} of its {other.total} keys recognised "
+            f"({_short(list(other.recognised), 4)}). Set the card's architecture to "
+            f"{other.format.architecture!r}; napari-mil reads that model's kwargs from the "
+            "weights' shapes"
+            + (f" (set {', '.join(other.format.free_kwargs)} in kwargs if you need them)"
+               if other.format.free_kwargs else "") + ".")
+
+
 def _mismatch_message(match, model, card, source, problems, matched, missing, extra, wrong):
     arch = card.architecture
-    head = (f"{source} does not fit architecture {arch!r} (kwargs {dict(card.kwargs)}, "
-            f"feature_dim {card.feature_dim}). ")
+    head = _head(source, card)
     other = next((d for d in match.detections or detect_formats(match.source_state)
                   if d.format.architecture != arch), None)
     if other is not None and (match.foreign is None or not matched or missing):
-        known = len(other.recognised)
-        return (head + f"Its keys are the {other.format.name} layout ({other.format.source}): "
-                f"{known} of its {other.total} keys recognised "
-                f"({_short(list(other.recognised), 4)})."
-                f" Set the card's architecture to {other.format.architecture!r}; napari-mil reads "
-                "that model's kwargs from the weights' shapes"
-                + (f" (set {', '.join(other.format.free_kwargs)} in kwargs if you need them)"
-                   if other.format.free_kwargs else "") + ".")
+        return head + _redirect(other)
     native = _native_guess(match.source_state, card) if (not matched or missing) else None
     if native is not None and native[0] != arch:
         name, how, n = native
