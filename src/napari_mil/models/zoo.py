@@ -11,5 +11,6 @@ from . import (  # noqa: F401  (importing registers the architectures)
     torchmil_adapters,  # abmil, gated_abmil, clam_sb, dsmil, smabmil
     torchmil_adapters_dtfd,  # dtfd_mil
     torchmil_adapters_transmil,  # transmil
+    transmil_original,  # transmil_original (szc19990412/TransMIL's forward)
     zoommil,  # zoommil
 )
