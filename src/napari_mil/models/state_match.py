@@ -224,8 +224,9 @@ def _mismatch_message(match, model, card, source, problems, matched, missing, ex
                  f"checkpoint of {arch!r} with these kwargs. Save the whole model's state_dict "
                  "(or change the kwargs that add those layers).")
     elif outside:
-        text += (f"{_short(outside, 4)} belong to {_outside_what(match.foreign, outside[0])}, "
-                 "which napari-mil does not run: save the weights without those keys.")
+        text += (f"{'Those keys' if len(outside) == len(extra) else _short(outside, 4)} "
+                 f"belong to {_outside_what(match.foreign, outside[0])}, which napari-mil does "
+                 "not run: save the MIL model's weights without them.")
     else:
         text += ("The file has weights this architecture does not use: set the card's "
                  "architecture and kwargs to the model that was trained (or save only its "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from . import (  # noqa: F401  (importing registers the architectures)
+    abmil_original,  # abmil_original (AttentionDeepMIL's Attention / GatedAttention)
     clam_mb,  # clam_mb (mahmoodlab CLAM_MB's forward)
     csmil,  # csmil
     dsmil_original,  # dsmil_original (dsmil-wsi's forward)
