@@ -9,6 +9,7 @@ from . import (  # noqa: F401  (importing registers the architectures)
     dsmil_original,  # dsmil_original (dsmil-wsi's forward)
     focusmil,  # minet, focusmil
     icmil,  # icmil
+    icmil_original,  # icmil_original (Dootmaan/ICMIL's bag heads)
     torchmil_adapters,  # abmil, gated_abmil, clam_sb, dsmil, smabmil
     torchmil_adapters_dtfd,  # dtfd_mil
     torchmil_adapters_transmil,  # transmil
