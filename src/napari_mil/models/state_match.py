@@ -102,7 +102,7 @@ def fill_kwargs(card: ModelCard, match: Match, source: str) -> ModelCard:
             + ". Change those kwargs in the card to the weights' values, or leave them out: "
             "napari-mil reads them from the weights."
         )
-    for k, v in inferred.items():
+    for k, v in (*inferred.items(), *fmt.defaults):
         kwargs.setdefault(k, _jsonish(v))
     return card if kwargs == dict(card.kwargs) else card.replace(kwargs=kwargs)
 

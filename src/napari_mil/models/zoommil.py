@@ -19,6 +19,10 @@ Inputs (training / full features): ``x = {scale: (B, N_s, D)}``, optional ``mask
 the next finer scale's tile axis, ``-1`` where a child does not exist (or ``(N_coarse, r·r)``
 shared by the batch). Tile axes are the slide's global tile indices at each scale.
 
+``selection_heads=True`` selects with separate gated-attention heads (one per zoom step), as
+the original ZoomMIL (histocartography/zoommil) does with its ``aux_ga_*_mag`` heads; its
+checkpoints load onto this class (:mod:`napari_mil.models.foreign.zoommil`).
+
 Output: ``attention[s]`` (B, N_s) at every scale (zero for tiles that were not embedded);
 ``extras["zoomed:<coarse>"]`` (B, K) global indices of the tiles zoomed into (-1 = none);
 ``extras["embedded:<scale>"]`` (B,) number of tiles embedded at each scale and
@@ -108,6 +112,7 @@ class ZoomMIL(nn.Module):
         n_samples: int = 50,
         sigma: float = 0.5,
         dropout: float = 0.25,
+        selection_heads: bool = False,
     ) -> None:
         super().__init__()
         if len(scales) < 2 or len(set(scales)) != len(scales):
@@ -123,20 +128,29 @@ class ZoomMIL(nn.Module):
         self.proj = nn.ModuleList(mlp(in_dim, hidden_dim, dropout=dropout) for _ in scales)
         self.attn = nn.ModuleList(GatedAttention(hidden_dim, attn_dim) for _ in scales)
         self.classifier = nn.Linear(hidden_dim, n_classes)
+        # the original ZoomMIL selects with auxiliary attention heads (one per zoom step)
+        self.select_attn = (
+            nn.ModuleList(GatedAttention(hidden_dim, attn_dim) for _ in scales[:-1])
+            if selection_heads else None
+        )
 
     # -- one magnification ------------------------------------------------------------------
     def _attend(self, level: int, feats: torch.Tensor, mask: torch.Tensor):
         h = self.proj[level](feats)  # (B, M, H)
         scores = self.attn[level](h).masked_fill(~mask, NEG_LARGE)  # (B, M)
         a = safe_masked_softmax(scores, mask)  # (B, M)
-        return scores, a, (a.unsqueeze(-1) * h).sum(1)  # (B, M), (B, M), (B, H)
+        rep = (a.unsqueeze(-1) * h).sum(1)  # (B, H)
+        if self.select_attn is not None and level < len(self.select_attn):
+            scores = self.select_attn[level](h).masked_fill(~mask, NEG_LARGE)  # (B, M)
+        return scores, a, rep  # selection scores, attention, representation
 
     @torch.no_grad()
     def coarse_attention(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Attention (B, N) over the coarsest tiles alone: what :meth:`zoom` selects from."""
         m = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device) if mask is None \
             else mask.to(device=x.device, dtype=torch.bool)
-        return self._attend(0, x, m)[1]
+        scores, a, _ = self._attend(0, x, m)
+        return a if self.select_attn is None else safe_masked_softmax(scores, m)
 
     def _select_hard(self, scores: torch.Tensor, mask: torch.Tensor, gidx: torch.Tensor, k: int):
         k = min(k, scores.shape[1])

@@ -50,6 +50,7 @@ class ForeignFormat:
     ``infer_kwargs(state)``: constructor kwargs (``in_dim`` included) read from tensor shapes.
     ``reshape(mapped)``: tensor reshapes after renaming (e.g. dsmil-wsi's ``fcc``).
     ``outside``: ``(regex, what it is)`` for keys of parts napari-mil does not run.
+    ``defaults``: the original's defaults for kwargs the shapes cannot tell.
     """
 
     name: str
@@ -62,6 +63,8 @@ class ForeignFormat:
     outside: tuple[tuple[str, str], ...] = ()
     #: kwargs a card may set that shapes cannot tell (documentation for error messages)
     free_kwargs: tuple[str, ...] = ()
+    #: the original's constructor defaults for kwargs shapes cannot tell (a card may override)
+    defaults: tuple[tuple[str, Any], ...] = ()
     notes: str = field(default="", compare=False)
 
     def matches(self, keys) -> bool:
