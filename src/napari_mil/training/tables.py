@@ -102,7 +102,9 @@ def _read_parquet(path: Path):
     except Exception as exc:  # pyarrow raises its own error types
         raise ConfigError(f"Cannot read Parquet file {path}: {exc}") from None
     names = [str(n) for n in table.column_names]
-    columns = [np.asarray(table.column(i).to_numpy(zero_copy_only=False)) for i in range(len(names))]
+    columns = [
+        np.asarray(table.column(i).to_numpy(zero_copy_only=False)) for i in range(len(names))
+    ]
     return names, columns, 1
 
 
