@@ -123,7 +123,8 @@ def test_kfold_and_early_stopping(tmp_path, bag_cohort):
     )
     result, _ = _run(train(cfg, ds, tmp_path / "cv"))
     assert len(result.metrics["folds"]) == 3
-    assert "val_auc" in result.metrics["summary"]
+    assert "test_auc" in result.metrics["summary"]
+    assert any(f["stopped_early"] for f in result.metrics["folds"])
     assert all((tmp_path / "cv" / f"fold{i}" / "model.safetensors").is_file() for i in range(3))
 
 

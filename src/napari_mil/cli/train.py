@@ -1,4 +1,5 @@
-"""``napari-mil train``: train a registered MIL model on a folder of feature files + labels CSV."""
+"""``napari-mil train``: train a registered MIL model on a folder of feature files + labels CSV,
+or on an instance table (CSV/TSV/Parquet: bag id, label and feature columns)."""
 
 from __future__ import annotations
 
@@ -26,11 +27,32 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "train",
         help="train a MIL model on extracted features",
         description="Train a registered MIL model (see `napari-mil info`) on a folder of CLAM/"
-        "TRIDENT .h5 feature files (one per slide) and a labels CSV (slide_id,label). "
-        "Writes OUT/model.safetensors, OUT/metrics.json and OUT/config.json.",
+        "TRIDENT .h5 feature files (one per slide) and a labels CSV (slide_id,label), or on an "
+        "instance table (one row per instance: bag id, label, features). Writes "
+        "OUT/model.safetensors, OUT/metrics.json and OUT/config.json. With --folds k: nested "
+        "cross-validation (test folds that no choice sees; per-fold test AUC/accuracy, mean ± "
+        "sd) and a final model refit on every bag.",
     )
-    p.add_argument("features", help="folder of <slide_id>.h5 feature files")
-    p.add_argument("--labels", required=True, help="CSV with slide_id and label columns")
+    p.add_argument(
+        "features",
+        help="folder of <slide_id>.h5 feature files, or an instance table (.csv, .tsv, .txt, "
+        ".data, .parquet)",
+    )
+    p.add_argument("--labels", default=None, help="CSV with slide_id and label columns (folders)")
+    t = p.add_argument_group("instance tables")
+    t.add_argument("--bag-column", default=None,
+                   help="bag id column: a name or a 0-based number (default: by name, e.g. bag_id)")
+    t.add_argument("--label-column", default=None,
+                   help="label column: a name or a 0-based number (default: by name, e.g. label)")
+    t.add_argument("--feature-columns", nargs="+", default=None,
+                   help="feature columns: names, numbers or ranges 'a:b' (0-based, b excluded); "
+                   "default: every other column")
+    t.add_argument("--ignore-columns", nargs="+", default=(),
+                   help="columns that are neither bag id, label nor feature")
+    t.add_argument("--header", action=argparse.BooleanOptionalAction, default=None,
+                   help="the first row names the columns (default: detected)")
+    t.add_argument("--delimiter", default=None,
+                   help="field separator of a text table (default: from the suffix / first line)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--model", default="abmil", help="architecture name (default: abmil)")
     p.add_argument("--model-kwargs", type=_json_arg, default={}, help="JSON object of model kwargs")
@@ -45,8 +67,20 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--patience", type=int, default=10, help="early-stopping patience (0: off)")
     p.add_argument("--monitor", choices=("auc", "loss"), default="auc")
-    p.add_argument("--val-fraction", type=float, default=0.2)
-    p.add_argument("--folds", type=int, default=0, help="k-fold cross-validation (k ≥ 2)")
+    p.add_argument(
+        "--val-fraction", type=float, default=0.2,
+        help="validation share for early stopping (with --folds: of each training set)",
+    )
+    p.add_argument(
+        "--folds", type=int, default=0,
+        help="nested k-fold cross-validation (k ≥ 2): outer test folds, epoch chosen on "
+        "--val-fraction of each training set, final model refit on every bag",
+    )
+    p.add_argument(
+        "--standardize", action=argparse.BooleanOptionalAction, default=None,
+        help="standardise features with the training bags' mean/std, stored in the model card "
+        "and applied at inference (default: on for instance tables, off for .h5 folders)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--max-instances", type=int, default=None, help="instances sampled per bag")
@@ -64,12 +98,62 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def _dataset(args: argparse.Namespace):
+    from pathlib import Path
+
+    from ..training.datasets import BagDataset
+    from ..training.tables import TABLE_SUFFIXES, is_instance_table
+
+    src = Path(args.features)
+    table_flags = [f for f, v in (("--bag-column", args.bag_column),
+                                  ("--label-column", args.label_column),
+                                  ("--feature-columns", args.feature_columns),
+                                  ("--ignore-columns", args.ignore_columns),
+                                  ("--header/--no-header", args.header),
+                                  ("--delimiter", args.delimiter)) if v]
+    if is_instance_table(src):
+        if args.labels:
+            raise ConfigError(
+                f"{src.name} is an instance table: its labels come from its label column "
+                "(--label-column), not from --labels."
+            )
+        ds = BagDataset.from_instance_table(
+            src, bag_column=args.bag_column, label_column=args.label_column,
+            feature_columns=args.feature_columns, ignore_columns=args.ignore_columns,
+            header=args.header, delimiter=args.delimiter, class_names=args.classes,
+        )
+        print(f"{src.name}: {len(ds)} bags, {ds.source['n_instances']} instances, "
+              f"{ds.source['n_features']} features, classes {list(ds.class_names)}")
+        return ds, True
+    if src.is_file():
+        raise ConfigError(
+            f"{src} is neither a folder of .h5 feature files nor an instance table "
+            f"({', '.join(TABLE_SUFFIXES)})."
+        )
+    if table_flags:
+        raise ConfigError(f"{', '.join(table_flags)} apply to instance tables; {src} is a folder.")
+    if not args.labels:
+        raise ConfigError(
+            f"Training on the feature folder {src} needs --labels LABELS.csv (slide_id,label)."
+        )
+    ds = BagDataset.from_h5_folder(src, args.labels, class_names=args.classes)
+    if getattr(ds, "missing", None):
+        log.warning(
+            "%d labelled slide(s) have no feature file and are skipped: %s",
+            len(ds.missing),
+            ", ".join(ds.missing[:5]),
+        )
+    return ds, False
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..training.datasets import BagDataset
+    from ..training.report import format_cv_table
     from ..training.trainer import TrainConfig, train
 
+    ds, is_table = _dataset(args)
+    standardize = is_table if args.standardize is None else bool(args.standardize)
     try:
         config = TrainConfig(
             model=args.model,
@@ -82,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
             monitor=args.monitor,
             val_fraction=args.val_fraction,
             folds=args.folds,
+            standardize=standardize,
             seed=args.seed,
             device=args.device,
             max_instances=args.max_instances,
@@ -92,25 +177,20 @@ def run(args: argparse.Namespace) -> int:
         )
     except TypeError as exc:  # pragma: no cover - argparse types guard this
         raise ConfigError(str(exc)) from exc
-    ds = BagDataset.from_h5_folder(args.features, args.labels, class_names=args.classes)
-    if getattr(ds, "missing", None):
-        log.warning(
-            "%d labelled slide(s) have no feature file and are skipped: %s",
-            len(ds.missing),
-            ", ".join(ds.missing[:5]),
-        )
     gen = train(config, ds, args.out, overwrite=args.overwrite)
     bar = tqdm(total=config.epochs, unit="epoch", disable=args.no_progress, desc=config.model)
-    fold = 0
+    where = None
     while True:
         try:
             prog = next(gen)
         except StopIteration as stop:
             result = stop.value
             break
-        if prog.fold != fold:
-            fold = prog.fold
-            bar.reset()
+        if (prog.stage, prog.fold) != where:
+            where = (prog.stage, prog.fold)
+            bar.reset(total=prog.n_epochs)
+            bar.set_description(f"{config.model} {prog.stage} {prog.fold}"
+                                if prog.stage == "fold" else f"{config.model} {prog.stage}")
         if prog.phase == "epoch":
             bar.update(1)
             shown = {
@@ -118,11 +198,17 @@ def run(args: argparse.Namespace) -> int:
                 for k, v in prog.metrics.items()
                 if k in ("train_loss", "val_loss", "val_auc") and isinstance(v, float)
             }
-            bar.set_postfix(fold=prog.fold, best=prog.best_epoch, **shown)
+            bar.set_postfix(best=prog.best_epoch, **shown)
     bar.close()
-    best = result.metrics["folds"]
-    aucs = ", ".join(
-        f"{f.get('val_auc', float('nan')):.3f}" for f in best if f.get("val_auc") is not None
-    )
-    print(f"wrote {result.out_dir / 'model.safetensors'} (validation AUC: {aucs or 'n/a'})")
+    path = result.out_dir / "model.safetensors"
+    table = format_cv_table(result.metrics)
+    if table:
+        print(table)
+        print(f"wrote {path} and the fold models in {result.out_dir}/fold<i>/")
+    else:
+        fold = result.metrics["folds"][0]
+        auc = fold.get("val_auc")
+        shown = "n/a" if auc is None else f"{auc:.3f}"
+        print(f"wrote {path} (validation AUC {shown}: chosen on these bags, not a test "
+              "estimate; use --folds k for one)")
     return 0

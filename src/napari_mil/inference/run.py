@@ -35,6 +35,7 @@ from ..errors import ConfigError, CorruptSlideError, ModelError
 from ..io.feature_set import FeatureSet
 from ..tiling.patches import over_damaged_tiles
 from ..tiling.tissue import TissueMask, TissueParams
+from .model_input import model_features
 from .result import ScaleMap, SlideResult
 
 __all__ = ["RunStage", "RunSettings", "RunProgress", "run_slide", "analyze_slide", "input_layout"]
@@ -228,8 +229,9 @@ def _forward_bag(model, x, device, coords_xy: np.ndarray | None = None):
     if coords_xy is not None and accepts_coords(model):
         coords = torch.as_tensor(coords_xy, dtype=torch.float32)[None]  # (1, N, 2)
         kwargs["coords"] = coords.to(device)
+    x = model_features(model, torch.as_tensor(x))  # the card's standardisation, if any
     with torch.inference_mode():
-        return model(torch.as_tensor(x)[None].to(device), **kwargs)
+        return model(x[None].to(device), **kwargs)
 
 
 def _probabilities(out) -> np.ndarray:
@@ -464,6 +466,10 @@ def run_slide(slide, model, *, extractor=None,
     elif layout is not InputLayout.BAG:
         raise ConfigError(f"Imported features work with single-scale models; "
                           f"{model.card.architecture} embeds its tiles itself.")
+    if layout is InputLayout.PYRAMID and getattr(model.card, "feature_norm", None) is not None:
+        raise ConfigError(f"{model.card.architecture} selects tiles scale by scale and cannot "
+                          "apply the card's feature standardisation: remove 'feature_norm' "
+                          "from the card or retrain without standardisation.")
     damage: dict = {}  # what was skipped over damaged tiles (ZoomMIL: flagged only)
     if layout is InputLayout.BAG:
         maps, probs, ex_card = yield from _run_bag(slide, model, tissue, extractor, features,

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import ModelError, ResultError
+from .model_input import model_features
 
 if TYPE_CHECKING:
     import torch
@@ -83,6 +84,7 @@ def rescore(model: torch.nn.Module, features: Any, keep_mask: np.ndarray | None 
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None else torch.float32
+    x = model_features(model, x)  # the card's standardisation, as in run_slide
     with torch.inference_mode():
         out = model(x.to(device=device, dtype=dtype).unsqueeze(0))  # (1, K, ...)
         probs = out.probabilities[0].float().cpu().numpy()  # (C,) or (1,)

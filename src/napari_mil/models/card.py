@@ -11,6 +11,10 @@ patch size) the model reads. Example JSON::
      "scales": [{"name": "20x", "mpp": 0.5, "patch_size_px": 256}],
      "description": "", "training": {}}
 
+``feature_norm`` (optional, written only when set): ``{"mean": [D], "std": [D]}``, the
+standardisation the model was trained with; inference applies ``(x - mean) / std`` to the
+extractor's features before the model reads them.
+
 Binary tasks: ``class_names`` has two entries and the model gives either one logit (sigmoid,
 the logit of ``class_names[-1]``) or two (softmax). Instance scores explain the last class.
 """
@@ -27,6 +31,7 @@ from typing import Any
 
 from ..config import ScaleSpec
 from ..errors import CheckpointError
+from .feature_norm import FeatureNorm
 
 __all__ = ["SPEC_VERSION", "MAX_FEATURE_DIM", "ExtractorRef", "ModelCard", "read_card"]
 
@@ -119,6 +124,7 @@ class ModelCard:
     spec_version: int = SPEC_VERSION
     description: str = ""
     training: Mapping[str, Any] = field(default_factory=dict)
+    feature_norm: FeatureNorm | None = None  # standardisation applied to features at inference
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -127,6 +133,7 @@ class ModelCard:
         set_(self, "kwargs", dict(self.kwargs or {}))
         set_(self, "training", dict(self.training or {}))
         set_(self, "extractor", ExtractorRef.coerce(self.extractor))
+        set_(self, "feature_norm", FeatureNorm.coerce(self.feature_norm))
         scales = self.scales
         if isinstance(scales, (ScaleSpec, Mapping)):
             scales = (scales,)
@@ -165,6 +172,11 @@ class ModelCard:
         names = [s.name for s in self.scales]
         if len(set(names)) != len(names):
             raise CheckpointError(f"Model card scale names repeat: {names}.")
+        if self.feature_norm is not None and self.feature_norm.dim != dim:
+            raise CheckpointError(
+                f"Model card feature_norm has {self.feature_norm.dim} entries but feature_dim is "
+                f"{dim}: the standardisation belongs to other features; retrain or remove it."
+            )
         _check_jsonable(dict(self.kwargs), "kwargs")
         _check_jsonable(dict(self.training), "training")
         return self
@@ -196,7 +208,7 @@ class ModelCard:
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict:
-        return {
+        data = {
             "spec_version": self.spec_version,
             "architecture": self.architecture,
             "kwargs": dict(self.kwargs),
@@ -207,6 +219,9 @@ class ModelCard:
             "description": self.description,
             "training": dict(self.training),
         }
+        if self.feature_norm is not None:  # absent otherwise: older cards keep their JSON
+            data["feature_norm"] = self.feature_norm.to_dict()
+        return data
 
     def to_json(self, *, indent: int | None = None) -> str:
         return json.dumps(self.to_dict(), indent=indent, sort_keys=True)
@@ -229,6 +244,7 @@ class ModelCard:
             "scales",
             "description",
             "training",
+            "feature_norm",
         }
         unknown = sorted(set(data) - known)
         if unknown:

@@ -1,4 +1,5 @@
-"""Bag datasets for training: in-memory bags, CLAM/TRIDENT ``.h5`` folders + a labels CSV.
+"""Bag datasets for training: in-memory bags, CLAM/TRIDENT ``.h5`` folders + a labels CSV,
+instance tables (:mod:`napari_mil.training.tables`).
 
 A :class:`Bag` holds one slide's features — ``(N, D)``, concentric ``(N, S, D)`` (CS-MIL) or
 ``{scale: (N_s, D)}`` with quadtree ``children`` (ZoomMIL) — and its label index.
@@ -244,6 +245,7 @@ class BagDataset(torch.utils.data.Dataset):
         self.labels = np.asarray(labels, dtype=int)
         self.class_names = tuple(class_names)
         self._cache = cache
+        self.source: dict[str, Any] = {}  # where the bags came from (recorded with the model)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -272,6 +274,26 @@ class BagDataset(torch.utils.data.Dataset):
         return BagDataset(
             [self._items[i] for i in idx], self.labels[idx], self.class_names, cache=self._cache
         )
+
+    def map_features(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> BagDataset:
+        """The same bags with ``fn`` applied to their features when read (e.g. standardisation).
+
+        Only single-tensor bags ``(N, D)`` / ``(N, S, D)``; multi-scale dict bags are refused.
+        """
+        if isinstance(self[0].features, Mapping):
+            raise ConfigError(
+                "Feature standardisation works on bags of one tensor (N, D) or (N, S, D), not "
+                "on multi-scale bags: train without standardisation."
+            )
+        return BagDataset(
+            [_Mapped(it, fn) for it in self._items], self.labels, self.class_names,
+            cache=self._cache,
+        )
+
+    def iter_features(self):
+        """Every bag's features, in order (for fitting statistics)."""
+        for i in range(len(self)):
+            yield self[i].features
 
     @classmethod
     def from_bags(
@@ -322,7 +344,32 @@ class BagDataset(torch.utils.data.Dataset):
                 labels.append(lab)
         ds = cls(items, labels, table.class_names)
         ds.missing = missing
+        ds.source = {"kind": "h5_folder", "path": folder.name, "labels": Path(labels_csv).name}
         return ds
+
+    @classmethod
+    def from_instance_table(cls, path: PathLike, **kwargs: Any) -> BagDataset:
+        """Bags from a table of instances (CSV/TSV/Parquet): see
+        :func:`napari_mil.training.tables.read_instance_table` for the keyword arguments."""
+        from .tables import read_instance_table
+
+        return read_instance_table(path, **kwargs)
+
+
+@dataclass(frozen=True)
+class _Mapped:
+    """A bag (or a loader of one) whose features pass through ``fn`` when read."""
+
+    item: Bag | Callable[[], Bag]
+    fn: Callable[[torch.Tensor], torch.Tensor]
+
+    @property
+    def name(self) -> str:
+        return getattr(self.item, "name", "")
+
+    def __call__(self) -> Bag:
+        bag = self.item if isinstance(self.item, Bag) else self.item()
+        return replace(bag, features=self.fn(bag.features))
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,12 @@
 
 :func:`fit` trains a model on a :class:`BagDataset` (mini-batches of padded bags, seeded order,
 early stopping on validation AUC or loss, best weights kept) as a generator that yields
-:class:`TrainProgress` and returns a :class:`FitResult`. :func:`train` adds the split
-(stratified hold-out or k-fold), builds the model from the registry and writes, atomically,
-``model.safetensors`` (weights + card), ``metrics.json`` and ``config.json`` to an output folder.
+:class:`TrainProgress` and returns a :class:`FitResult`. :func:`train` adds the split, builds
+the model from the registry and writes, atomically, ``model.safetensors`` (weights + card),
+``metrics.json`` and ``config.json`` to an output folder: one stratified hold-out split here, or
+with ``folds > 1`` nested cross-validation (:mod:`napari_mil.training.crossval`: outer test
+folds that no choice sees, a refit on every bag shipped). With ``standardize`` the features are
+standardised with statistics of the bags the weights are fitted on, stored in the model card.
 Method-specific losses come from a :class:`~napari_mil.training.schemes.TrainingScheme`.
 """
 
@@ -31,7 +34,7 @@ from ..models.registry import create_model, model_info
 from .datasets import BagBatch, BagDataset, collate_bags
 from .metrics import classification_metrics
 from .schemes import TrainingScheme, create_scheme, default_scheme_name
-from .splits import stratified_kfold, stratified_split
+from .splits import stratified_split
 
 __all__ = [
     "FitResult",
@@ -41,8 +44,10 @@ __all__ = [
     "build_model",
     "evaluate",
     "fit",
+    "fit_standardization",
     "make_card",
     "predict",
+    "standardized",
     "train",
 ]
 
@@ -59,8 +64,9 @@ class TrainConfig:
     weight_decay: float = 1e-4
     patience: int = 10  # epochs without improvement before stopping; 0 = never stop early
     monitor: str = "auc"  # "auc" (higher is better) or "loss"
-    val_fraction: float = 0.2
-    folds: int = 0  # > 1: k-fold cross-validation instead of one hold-out split
+    val_fraction: float = 0.2  # validation share (with folds: of each outer training set)
+    folds: int = 0  # > 1: nested k-fold cross-validation instead of one hold-out split
+    standardize: bool = False  # (x - mean) / std, fitted on the training bags, kept in the card
     seed: int = 0
     device: str = "auto"
     max_instances: int | None = None  # random instance subset per training bag (memory bound)
@@ -78,6 +84,8 @@ class TrainConfig:
             raise ConfigError(f"monitor must be 'auc' or 'loss', got {self.monitor!r}.")
         if self.lr <= 0:
             raise ConfigError(f"Learning rate must be positive, got {self.lr}.")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}.")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -88,7 +96,11 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class TrainProgress:
-    """One step (``phase="train"``) or one finished epoch (``phase="epoch"``)."""
+    """One step (``phase="train"``) or one finished epoch (``phase="epoch"``).
+
+    ``stage``: ``"holdout"`` (one split), ``"fold"`` (outer fold ``fold`` of a cross-validation)
+    or ``"refit"`` (the final model on every bag).
+    """
 
     phase: str
     epoch: int
@@ -99,6 +111,7 @@ class TrainProgress:
     metrics: Mapping[str, float] = field(default_factory=dict)
     best_epoch: int = -1
     fold: int = 0
+    stage: str = "holdout"
 
 
 @dataclass(frozen=True)
@@ -195,6 +208,7 @@ def fit(
     *,
     scheme: TrainingScheme | None = None,
     fold: int = 0,
+    stage: str = "holdout",
 ) -> Generator[TrainProgress, None, FitResult]:
     """Train ``model``; yields progress after every step and epoch; returns the best model."""
     dev = resolve_device(config.device)
@@ -242,6 +256,7 @@ def fit(
                 float(loss.detach()),
                 best_epoch=best_epoch,
                 fold=fold,
+                stage=stage,
             )
         record = {
             "epoch": epoch,
@@ -271,6 +286,7 @@ def fit(
             {k: v for k, v in record.items() if k != "epoch"},
             best_epoch=best_epoch,
             fold=fold,
+            stage=stage,
         )
         if config.patience and since_best >= config.patience:
             stopped = True
@@ -300,6 +316,7 @@ def make_card(
     feature_dim: int,
     class_names: Sequence[str],
     training: Mapping | None = None,
+    feature_norm: Any = None,
 ):
     """The model card of a trained model (scales from the model's kwargs, else the config)."""
     from ..config import ScaleSpec
@@ -316,7 +333,47 @@ def make_card(
         extractor=config.extractor,
         scales=scales,
         training=dict(training or {}),
+        feature_norm=feature_norm,
     )
+
+
+def fit_standardization(config: TrainConfig, train_ds: BagDataset):
+    """The FeatureNorm of ``train_ds``'s instances, or ``None`` without ``config.standardize``."""
+    if not config.standardize:
+        return None
+    from ..models.feature_norm import fit_feature_norm
+
+    if isinstance(train_ds[0].features, Mapping):
+        raise ConfigError(
+            "Feature standardisation works on bags of one tensor (N, D) or (N, S, D), not on "
+            "multi-scale bags: train without standardisation."
+        )
+    return fit_feature_norm(train_ds.iter_features())
+
+
+def standardized(ds: BagDataset | None, norm) -> BagDataset | None:
+    """``ds`` with ``norm`` applied to every bag's features (unchanged when ``norm`` is None)."""
+    if ds is None or norm is None:
+        return ds
+    return ds.map_features(norm.apply)
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with NaN/inf as None and numpy scalars as Python numbers (for JSON files)."""
+    return _json_safe(obj)
+
+
+def resolved_config(config: TrainConfig, card, dataset: BagDataset) -> dict:
+    """``config.json``: the config as it ran, with the model kwargs and the data it read."""
+    return {
+        **config.to_dict(),
+        "device": str(resolve_device(config.device)),
+        "scheme": config.scheme or default_scheme_name(config.model),
+        "model_kwargs": dict(card.kwargs),
+        "feature_dim": card.feature_dim,
+        "class_names": list(dataset.class_names),
+        "data": dict(getattr(dataset, "source", {}) or {}),
+    }
 
 
 def _json_safe(obj: Any) -> Any:
@@ -331,16 +388,6 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
-def _summary(folds: list[dict]) -> dict:
-    keys = sorted({k for f in folds for k, v in f.items() if isinstance(v, (int, float))})
-    out = {}
-    for k in keys:
-        vals = [f[k] for f in folds if isinstance(f.get(k), (int, float)) and not math.isnan(f[k])]
-        if vals:
-            out[k] = {"mean": float(np.mean(vals)), "std": float(np.std(vals))}
-    return out
-
-
 def train(
     config: TrainConfig,
     dataset: BagDataset,
@@ -350,81 +397,69 @@ def train(
 ) -> Generator[TrainProgress, None, TrainResult]:
     """Split, build, fit and (with ``out_dir``) write checkpoint + metrics.json + config.json.
 
-    With ``folds > 1`` every fold is trained; ``fold<i>/model.safetensors`` is written per fold and
-    the top-level checkpoint is the fold with the best validation metric.
+    ``folds > 1``: nested cross-validation (see :func:`~napari_mil.training.crossval.
+    cross_validate`). Otherwise one stratified hold-out split (``val_fraction``; 0 trains on
+    every bag): the epoch is chosen on the validation bags, so their metrics are the selection's,
+    not an unbiased estimate.
     """
+    if config.folds and config.folds > 1:
+        from .crossval import cross_validate
+
+        return (yield from cross_validate(config, dataset, out_dir, overwrite=overwrite))
     from ..models.checkpoint import save_model
 
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         for name in ("model.safetensors", "metrics.json", "config.json"):
             check_writable(out / name, overwrite=overwrite)
-    labels = dataset.labels
-    n_classes = len(dataset.class_names)
-    if config.folds and config.folds > 1:
-        splits = stratified_kfold(labels, config.folds, seed=config.seed)
-    elif config.val_fraction > 0:
-        splits = [stratified_split(labels, config.val_fraction, seed=config.seed)]
+    if config.val_fraction > 0:
+        tr, va = stratified_split(dataset.labels, config.val_fraction, seed=config.seed)
     else:
-        splits = [(np.arange(len(dataset)), np.array([], dtype=int))]
+        tr, va = np.arange(len(dataset)), np.array([], dtype=int)
     dim = dataset.feature_dim()
-    fold_metrics, best = [], None
-    for f, (tr, va) in enumerate(splits):
-        torch.manual_seed(config.seed + f)
-        model, kwargs = build_model(config, dim, n_classes)
-        val_ds = dataset.subset(va) if len(va) else None
-        res = yield from fit(model, dataset.subset(tr), val_ds, config, fold=f)
-        info = {
-            "fold": f,
-            "best_epoch": res.best_epoch,
-            "stopped_early": res.stopped_early,
-            "n_train": int(len(tr)),
-            "n_val": int(len(va)),
-            **{f"val_{k}": v for k, v in res.best_metrics.items()},
-            "history": res.history,
-        }
-        fold_metrics.append(info)
-        card = make_card(
-            config,
-            kwargs,
-            dim,
-            dataset.class_names,
-            {
-                "fold": f,
-                "best_epoch": res.best_epoch,
-                **{f"val_{k}": v for k, v in _json_safe(res.best_metrics).items() if v is not None},
-            },
-        )
-        score = _improved(res.best_metrics or {"loss": 0.0}, None, config.monitor)[1]
-        if best is None or score > best[0]:
-            best = (score, res.model, card)
-        if out is not None and len(splits) > 1:
-            save_model(res.model, card, out / f"fold{f}" / "model.safetensors", overwrite=overwrite)
-    _, model, card = best
+    train_ds = dataset.subset(tr)
+    norm = fit_standardization(config, train_ds)
+    torch.manual_seed(config.seed)
+    model, kwargs = build_model(config, dim, len(dataset.class_names))
+    val_ds = standardized(dataset.subset(va), norm) if len(va) else None
+    res = yield from fit(model, standardized(train_ds, norm), val_ds, config)
+    val = {f"val_{k}": v for k, v in res.best_metrics.items()}
+    card = make_card(
+        config,
+        kwargs,
+        dim,
+        dataset.class_names,
+        {"evaluation": "holdout", "best_epoch": res.best_epoch,
+         **{k: v for k, v in _json_safe(val).items() if v is not None}},
+        feature_norm=norm,
+    )
     metrics = {
         "model": config.model,
         "class_names": list(dataset.class_names),
         "n_bags": len(dataset),
-        "folds": fold_metrics,
+        "evaluation": "holdout: the epoch is chosen on the validation bags (val_* are the "
+        "selection's metrics, not a test estimate; use folds for one)",
+        "standardize": bool(norm is not None),
+        "folds": [
+            {
+                "fold": 0,
+                "best_epoch": res.best_epoch,
+                "stopped_early": res.stopped_early,
+                "n_train": int(len(tr)),
+                "n_val": int(len(va)),
+                **val,
+                "history": res.history,
+            }
+        ],
     }
-    if len(splits) > 1:
-        metrics["summary"] = _summary(
-            [{k: v for k, v in fm.items() if k != "history"} for fm in fold_metrics]
-        )
     if out is not None:
-        save_model(model, card, out / "model.safetensors", overwrite=overwrite)
+        save_model(res.model, card, out / "model.safetensors", overwrite=overwrite)
         atomic_write_text(
             out / "metrics.json", json.dumps(_json_safe(metrics), indent=2), overwrite=overwrite
         )
-        resolved = {
-            **config.to_dict(),
-            "device": str(resolve_device(config.device)),
-            "scheme": config.scheme or default_scheme_name(config.model),
-            "model_kwargs": dict(card.kwargs),
-            "feature_dim": dim,
-            "class_names": list(dataset.class_names),
-        }
         atomic_write_text(
-            out / "config.json", json.dumps(_json_safe(resolved), indent=2), overwrite=overwrite
+            out / "config.json",
+            json.dumps(_json_safe(resolved_config(config, card, dataset)), indent=2),
+            overwrite=overwrite,
         )
-    return TrainResult(model, card, metrics, out)
+    return TrainResult(res.model, card, metrics, out)
