@@ -161,15 +161,22 @@ def union_area(polygons: BaseGeometry | Sequence[BaseGeometry] | AnnotationSet) 
 
 def load_tile_maps(path) -> list[TileValues]:
     """Tile maps from a saved ``SlideResult`` (``.npz`` written by ``result.save``) or from a
-    tile table (``.npz``/``.json``, see :mod:`napari_mil.io.tile_maps`)."""
+    tile table (``.npz``/``.json``, see :mod:`napari_mil.io.tile_maps`). The maps of a result
+    name its slide (hash, mpp, dimensions), so consumers can check they are applied to it."""
+    import zipfile
     from pathlib import Path
 
+    from .errors import ResultError
+    from .io.regular_files import require_regular_file
+
     p = Path(path)
-    if p.suffix.lower() != ".json" and p.is_file():
+    require_regular_file(p, "result or tile table", ResultError,
+                         "Give a saved result or a tile table (.npz/.json).")
+    if p.suffix.lower() != ".json":
         try:
-            with np.load(p, allow_pickle=False) as z:
-                is_result = "__meta__" in z.files
-        except (OSError, ValueError, EOFError):
+            with zipfile.ZipFile(p) as z:
+                is_result = "__meta__.npy" in z.namelist()
+        except (OSError, zipfile.BadZipFile, ValueError):
             is_result = False
         if is_result:
             from .inference.result import load_result
