@@ -390,7 +390,8 @@ def _ifd_walk(fh, size: int, limit: int):
             if tag in (256, 257):
                 fmt = "H" if typ == 3 else "I" if typ == 4 else "Q" if typ == 16 else None
                 if fmt:
-                    dims[tag] = struct.unpack(bo + fmt, e[val_off:val_off + struct.calcsize(fmt)])[0]
+                    raw = e[val_off:val_off + struct.calcsize(fmt)]
+                    dims[tag] = struct.unpack(bo + fmt, raw)[0]
         yield (dims[256], dims[257]) if len(dims) == 2 else None
         pos = struct.unpack(bo + off_fmt, block[n * ent:])[0]
 

@@ -71,7 +71,8 @@ def npz_headers(path: Path, error: type[NapariMilError], hint: str) -> dict[str,
                 try:
                     shape, dtype = _header(zf, info)
                 except (ValueError, EOFError, SyntaxError, TypeError) as exc:
-                    raise error(f"{path}: member {name!r} is not a numpy array ({exc}). {hint}")
+                    raise error(f"{path}: member {name!r} is not a numpy array ({exc}). "
+                                f"{hint}") from None
                 if dtype.hasobject:
                     raise error(f"{path}: member {name!r} holds Python objects, which are never "
                                 f"unpickled. {hint}")
