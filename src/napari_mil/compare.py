@@ -32,7 +32,7 @@ import numpy as np
 import shapely
 from shapely.geometry.base import BaseGeometry
 
-from .errors import AnnotationError, ConfigError
+from .errors import AnnotationError, ConfigError, ResultError
 from .io.annotations import AnnotationSet
 from .io.tile_maps import TileKind, TileValues
 from .io.tile_maps import load_tile_maps as load_tile_table
@@ -129,12 +129,14 @@ def tile_coverage(
         return out
     s = float(tile_size)
     boxes = shapely.box(coords[:, 0], coords[:, 1], coords[:, 0] + s, coords[:, 1] + s)
+    # the polygons are the prepared side of every predicate (a 1M-vertex polygon is indexed
+    # once, not scanned per tile): a tree of tiles queried with the polygons
     shapely.prepare(parts)
-    tree = shapely.STRtree(parts)
-    inside_tiles, _ = tree.query(boxes, predicate="within")
+    tree = shapely.STRtree(boxes)
+    _, inside_tiles = tree.query(parts, predicate="contains")
     full = np.zeros(n, dtype=bool)
     full[inside_tiles] = True
-    t_idx, p_idx = tree.query(boxes, predicate="intersects")
+    p_idx, t_idx = tree.query(parts, predicate="intersects")
     keep = ~full[t_idx]
     t_idx, p_idx = t_idx[keep], p_idx[keep]
     if len(t_idx):
@@ -145,15 +147,36 @@ def tile_coverage(
 
 
 def union_area(polygons: BaseGeometry | Sequence[BaseGeometry] | AnnotationSet) -> float:
-    """Area of the union of the polygons, computed cell by cell on a coarse grid (exact)."""
+    """Area of the union of the polygons (exact).
+
+    Polygons that overlap no other add their own area; only the groups of mutually
+    overlapping polygons (connected through an STRtree query on prepared geometries) are
+    united. A single polygon of a million vertices costs one area computation.
+    """
     parts = _area_parts(polygons)
     if len(parts) == 0:
         return 0.0
-    x0, y0, x1, y1 = shapely.total_bounds(parts)
-    cell = max(x1 - x0, y1 - y0, 1e-9) / 64
-    ys, xs = np.mgrid[0:64, 0:64]
-    coords = np.c_[x0 + xs.ravel() * cell, y0 + ys.ravel() * cell]
-    return float(tile_coverage(coords, cell, parts).sum() * cell * cell)
+    if len(parts) == 1:
+        return float(shapely.area(parts[0]))
+    shapely.prepare(parts)
+    tree = shapely.STRtree(parts)
+    a, b = tree.query(parts, predicate="intersects")
+    pair = a != b
+    a, b = a[pair], b[pair]
+    areas = shapely.area(parts)
+    if not len(a):
+        return float(areas.sum())
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    graph = coo_matrix((np.ones(len(a)), (a, b)), shape=(len(parts), len(parts)))
+    _n, label = connected_components(graph, directed=False)
+    size = np.bincount(label)
+    alone = size[label] == 1
+    total = float(areas[alone].sum())
+    for lab in np.flatnonzero(size > 1):
+        total += float(shapely.area(shapely.union_all(parts[label == lab])))
+    return total
 
 
 # -- inputs -----------------------------------------------------------------------------
@@ -161,15 +184,22 @@ def union_area(polygons: BaseGeometry | Sequence[BaseGeometry] | AnnotationSet) 
 
 def load_tile_maps(path) -> list[TileValues]:
     """Tile maps from a saved ``SlideResult`` (``.npz`` written by ``result.save``) or from a
-    tile table (``.npz``/``.json``, see :mod:`napari_mil.io.tile_maps`)."""
+    tile table (``.npz``/``.json``, see :mod:`napari_mil.io.tile_maps`). The maps of a result
+    name its slide (hash, mpp, dimensions), so consumers can check they are applied to it."""
+    import zipfile
     from pathlib import Path
 
+    from .errors import ResultError
+    from .io.regular_files import require_regular_file
+
     p = Path(path)
-    if p.suffix.lower() != ".json" and p.is_file():
+    require_regular_file(p, "result or tile table", ResultError,
+                         "Give a saved result or a tile table (.npz/.json).")
+    if p.suffix.lower() != ".json":
         try:
-            with np.load(p, allow_pickle=False) as z:
-                is_result = "__meta__" in z.files
-        except (OSError, ValueError, EOFError):
+            with zipfile.ZipFile(p) as z:
+                is_result = "__meta__.npy" in z.namelist()
+        except (OSError, zipfile.BadZipFile, ValueError):
             is_result = False
         if is_result:
             from .inference.result import load_result
@@ -333,6 +363,28 @@ def _check_classes(annotations: AnnotationSet, classes: Iterable[str] | None) ->
     return wanted
 
 
+def _check_annotations_meet(tile_values: TileValues, positive: AnnotationSet,
+                            classes: tuple[str, ...], dims: tuple[int, int] | None,
+                            slide_name: str | None) -> None:
+    """Refuse positive annotations that are empty or lie entirely off the slide."""
+    parts = _area_parts(positive)
+    what = f"class {', '.join(map(repr, classes))}" if classes else "any class"
+    if len(parts) == 0:
+        raise AnnotationError(
+            f"The annotations hold no polygon of {what}: there is nothing to compare "
+            f"{tile_values.label!r} with (the file is empty, or holds only points or lines). "
+            "Load the annotation file that outlines the lesions.")
+    if dims is not None:
+        w, h = (int(v) for v in dims)
+        if not shapely.intersects(shapely.box(0, 0, w, h), parts).any():
+            x0, y0, x1, y1 = shapely.total_bounds(parts)
+            raise AnnotationError(
+                f"The annotations of {what} lie entirely outside the slide"
+                f"{f' {slide_name!r}' if slide_name else ''} ({w:,} × {h:,} px): they span x "
+                f"{x0:,.0f}–{x1:,.0f}, y {y0:,.0f}–{y1:,.0f}. Are they for this slide, and in "
+                "level-0 pixels?")
+
+
 def agreement(
     tile_values: TileValues,
     annotations: AnnotationSet,
@@ -342,37 +394,65 @@ def agreement(
     top_k: int = 10,
     min_coverage: float = 0.5,
     coverage: np.ndarray | None = None,
+    slide=None,
+    require_overlap: bool = True,
 ) -> AgreementReport:
     """Agreement metrics of one tile map against the union of ``positive_classes``.
 
     ``positive_classes=None`` uses :func:`default_positive_classes` (every class with polygons
     but tissue/background/other/ignore; unclassified polygons when there are no classes).
     Pass a precomputed ``coverage`` to re-threshold cheaply (the dock's slider does).
+
+    Nothing is reported that was not measured: a map without a finite value is a
+    :class:`ResultError`; positive annotations that are empty, lie off the slide (its
+    dimensions from ``slide`` or from the result) or overlap no tile are an
+    :class:`AnnotationError` — with ``require_overlap=False`` the last gives a report whose
+    overlap metrics are NaN instead. With ``slide``, the values must have been computed on
+    it (content hash and pixel size).
     """
     if not 0.0 < min_coverage <= 1.0:
         raise ConfigError(f"min_coverage must be in (0, 1], got {min_coverage}.")
     if top_k < 1:
         raise ConfigError(f"top_k must be ≥ 1, got {top_k}.")
+    if slide is not None:
+        tile_values.check_slide(slide)
+    v = tile_values.values
+    ok = np.isfinite(v)
+    if not ok.any():
+        raise ResultError(
+            f"The tile map {tile_values.label!r} holds no finite value (all {len(v)} are NaN "
+            "or infinite): there is nothing to compare. Re-run the analysis, or pick another "
+            "layer.")
     classes = _check_classes(annotations, positive_classes)
     positive = annotations.filter(classes=classes if classes else None, area_only=True)
+    dims = slide.dimensions if slide is not None else tile_values.slide_dimensions
+    if require_overlap or len(_area_parts(positive)) == 0:
+        _check_annotations_meet(tile_values, positive, classes, dims,
+                                slide.name if slide is not None else tile_values.slide_name)
     if coverage is None:
         coverage = tile_coverage(tile_values.coords_xy, tile_values.tile_size, positive)
     cov = np.asarray(coverage, dtype=np.float64)
-    v = tile_values.values
-    ok = np.isfinite(v)
+    overlap = bool((cov > 0).any())
+    if require_overlap and not overlap:
+        raise AnnotationError(
+            f"None of the annotations of {', '.join(map(repr, classes)) or 'any class'} "
+            f"overlaps a tile of {tile_values.label!r} ({len(v):,} tiles): the model analysed "
+            "no tissue inside them, so agreement cannot be measured. Check that the "
+            "annotations belong to this slide and are in level-0 pixels.")
     v, cov_ok = v[ok], cov[ok]
     labels = cov_ok >= min_coverage
     norm = normalized_values(tile_values)[ok]
     pred = norm >= threshold
     inter = float(np.sum(pred * cov_ok))
     denom = float(pred.sum() + cov_ok.sum())
-    dice = 2 * inter / denom if denom > 0 else math.nan
-    iou = inter / (denom - inter) if denom - inter > 0 else math.nan
+    dice = 2 * inter / denom if denom > 0 and overlap else math.nan
+    iou = inter / (denom - inter) if denom - inter > 0 and overlap else math.nan
     total = float(np.sum(np.clip(v, 0, None)))
-    mass = float(np.sum(np.clip(v, 0, None) * cov_ok)) / total if total > 0 else math.nan
+    mass = (float(np.sum(np.clip(v, 0, None) * cov_ok)) / total
+            if total > 0 and overlap else math.nan)
     k = min(top_k, len(v))
     top = np.argsort(-v, kind="mergesort")[:k]
-    hit = float(labels[top].mean()) if k else math.nan
+    hit = float(labels[top].mean()) if overlap else math.nan
     ann_area = union_area(positive)
     tiled = float(np.sum(cov) * tile_values.tile_area) / ann_area if ann_area > 0 else math.nan
     return AgreementReport(
@@ -402,18 +482,24 @@ def agreement_table(
     *,
     positive_classes: Iterable[str] | None = None,
     per_class: bool = True,
+    slide=None,
     **kwargs: Any,
 ) -> list[AgreementReport]:
     """Agreement of every map (layer × magnification) with the positive union and, when
-    ``per_class``, with each class on its own."""
+    ``per_class``, with each class on its own.
+
+    The positive union must overlap the tiles (see :func:`agreement`); a single class that
+    overlaps none is reported with NaN overlap metrics. With ``slide``, every map must have
+    been computed on it."""
     pos = _check_classes(annotations, positive_classes)
     groups: list[tuple[str, ...]] = [pos]
     if per_class:
         groups += [(c,) for c in annotations.filter(area_only=True).classes if (c,) != pos]
     out = []
     for tv in tile_maps:
-        for g in groups:
-            out.append(agreement(tv, annotations, positive_classes=g, **kwargs))
+        for i, g in enumerate(groups):
+            out.append(agreement(tv, annotations, positive_classes=g, slide=slide,
+                                 require_overlap=i == 0, **kwargs))
     return out
 
 

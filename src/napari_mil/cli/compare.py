@@ -1,7 +1,9 @@
 """``napari-mil compare RESULT --annotations FILE``: agreement of tile maps with annotations.
 
 RESULT is a saved ``SlideResult`` (``result.save(...)``) or a tile table (``.npz``/``.json``,
-see :mod:`napari_mil.io.tile_maps`).
+see :mod:`napari_mil.io.tile_maps`). With ``--slide`` the result must have been computed on
+that slide (content hash and pixel size). Annotations that are empty, lie off the slide or
+overlap no tile are an error (exit 2), never a table of zeros.
 Prints a table (or JSON with ``--json``): AUROC, AP, Dice, IoU, attention mass inside and the
 top-k hit rate for every layer × magnification × class.
 """
@@ -58,6 +60,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
         action="store_true",
         help="load the valid part of a damaged annotation file (reports what was skipped)",
     )
+    p.add_argument("--slide", type=Path, default=None,
+                   help="check that RESULT was computed on this slide (hash and mpp) and that "
+                   "the annotations lie on it")
+    p.add_argument("--slide-mpp", type=float, default=None, help="override the slide's mpp")
     p.add_argument("--curves", action="store_true", help="include ROC/PR curves in the JSON")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
@@ -79,15 +85,25 @@ def run(args: argparse.Namespace) -> int:
     all_classes = list(anns.filter(area_only=True).classes)
     positive = list(args.positive) if args.positive else list(default_positive_classes(anns))
     left_out = [c for c in all_classes if c not in positive]
-    reports = agreement_table(
-        maps,
-        anns,
-        positive_classes=positive if positive else None,
-        per_class=not args.no_per_class,
-        threshold=args.threshold,
-        top_k=args.top_k,
-        min_coverage=args.min_coverage,
-    )
+    slide = None
+    if args.slide is not None:
+        from ..io.slide import open_slide
+
+        slide = open_slide(args.slide, mpp=args.slide_mpp)
+    try:
+        reports = agreement_table(
+            maps,
+            anns,
+            positive_classes=positive if positive else None,
+            per_class=not args.no_per_class,
+            threshold=args.threshold,
+            top_k=args.top_k,
+            min_coverage=args.min_coverage,
+            slide=slide,
+        )
+    finally:
+        if slide is not None:
+            slide.close()
     if args.json:
         doc = {
             "result": str(args.result),

@@ -3,12 +3,16 @@ annotations (GeoJSON ↔ ASAP XML). Writes are atomic; existing files are kept u
 ``--overwrite``.
 
 RESULT is a saved ``SlideResult`` or a tile table (``.npz``/``.json``, see
-:mod:`napari_mil.io.tile_maps`).
+:mod:`napari_mil.io.tile_maps`). Given a slide (``--slide``), a result must have been
+computed on it: same content hash and pixel size, or the export stops (exit 2).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+import warnings
+from contextlib import nullcontext
 from pathlib import Path
 
 from ..errors import ExportError
@@ -32,6 +36,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     t.add_argument("result", type=Path)
     t.add_argument("--layer", nargs="+", default=None, help="layers to export (default: all)")
     t.add_argument("--object-type", choices=("tile", "detection"), default="tile")
+    t.add_argument("--slide", type=Path, default=None,
+                   help="check that RESULT was computed on this slide")
+    t.add_argument("--slide-mpp", type=float, default=None, help="override the slide's mpp")
     common(t)
 
     h = what.add_parser(
@@ -41,6 +48,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     h.add_argument("--layer", default=None, help="layer name[@scale] (default: the first)")
     h.add_argument("--slide", type=Path, default=None, help="slide, to cover its full extent")
     h.add_argument("--dtype", choices=("float32", "uint8"), default="float32")
+    h.add_argument("--slide-mpp", type=float, default=None, help="override the slide's mpp")
     common(h)
 
     r = what.add_parser(
@@ -71,6 +79,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
+def _open(path: Path | None, mpp: float | None):
+    """The slide at ``path`` (a context manager), or a null context when none is given."""
+    if path is None:
+        return nullcontext(None)
+    from ..io.slide import open_slide
+
+    return open_slide(path, mpp=mpp)
+
+
 def _pick(maps, layer: str | None):
     if layer is None:
         return maps[0]
@@ -79,6 +96,11 @@ def _pick(maps, layer: str | None):
         if m.name == name and (not scale or m.scale == scale):
             return m
     raise ExportError(f"No layer {layer!r}; available: {', '.join(m.label for m in maps)}.")
+
+
+def _print_warnings(caught) -> None:
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -98,24 +120,21 @@ def run(args: argparse.Namespace) -> int:
         maps = load_tile_maps(args.result)
         if args.layer:
             maps = [_pick(maps, name) for name in args.layer]
-        if out.suffix.lower() == ".csv":
-            write_tiles_csv(maps, out, overwrite=ow)
-        else:
-            write_tiles_geojson(maps, out, object_type=args.object_type, overwrite=ow)
+        with _open(args.slide, args.slide_mpp) as slide:
+            if out.suffix.lower() == ".csv":
+                write_tiles_csv(maps, out, slide=slide, overwrite=ow)
+            else:
+                write_tiles_geojson(maps, out, object_type=args.object_type, slide=slide,
+                                    overwrite=ow)
     elif args.what == "heatmap":
         from ..export import write_heatmap_tiff, write_heatmap_zarr
 
         tv = _pick(load_tile_maps(args.result), args.layer)
-        dims = None
-        if args.slide is not None:
-            from ..io.slide import open_slide
-
-            with open_slide(args.slide) as slide:
-                dims = slide.dimensions
-        if out.suffix.lower() == ".zarr":
-            write_heatmap_zarr(tv, out, slide_dimensions=dims, overwrite=ow)
-        else:
-            write_heatmap_tiff(tv, out, slide_dimensions=dims, dtype=args.dtype, overwrite=ow)
+        with _open(args.slide, args.slide_mpp) as slide:
+            if out.suffix.lower() == ".zarr":
+                write_heatmap_zarr(tv, out, slide=slide, overwrite=ow)
+            else:
+                write_heatmap_tiff(tv, out, slide=slide, dtype=args.dtype, overwrite=ow)
     else:
         from ..config import mpp_from_magnification
         from ..export import export_rois, rois_from_annotations, rois_from_top_k
@@ -124,7 +143,10 @@ def run(args: argparse.Namespace) -> int:
         if args.annotations is not None:
             from ..io.annotations import read_annotations
 
-            rois = rois_from_annotations(read_annotations(args.annotations))
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                rois = rois_from_annotations(read_annotations(args.annotations))
+            _print_warnings(caught)
         elif args.result is not None:
             rois = rois_from_top_k(_pick(load_tile_maps(args.result), args.layer), args.top_k)
         else:

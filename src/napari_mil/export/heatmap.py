@@ -103,9 +103,28 @@ def _encode(raster: np.ndarray, dtype: str) -> tuple[np.ndarray, dict]:
     return out, info
 
 
+def _slide_extent(tv: TileValues, slide, slide_dimensions) -> tuple[int, int] | None:
+    """The level-0 extent to cover: ``slide``'s (after checking the values were computed on
+    it) or ``slide_dimensions``; refused when it contradicts the slide the values name."""
+    if slide is not None:
+        tv.check_slide(slide)
+        slide_dimensions = slide.dimensions
+    if slide_dimensions is not None and tv.slide_dimensions is not None and tuple(
+        int(v) for v in slide_dimensions
+    ) != tuple(tv.slide_dimensions):
+        raise ExportError(
+            f"The tile map {tv.label!r} was computed on slide {tv.slide_name!r} of "
+            f"{tv.slide_dimensions[0]:,} × {tv.slide_dimensions[1]:,} px, not on a slide of "
+            f"{int(slide_dimensions[0]):,} × {int(slide_dimensions[1]):,} px: give the slide "
+            "the result was computed on.")
+    return slide_dimensions
+
+
 def _sidecar(tv: TileValues, d: int, shape: tuple[int, int], info: dict, fmt: str) -> dict:
     return {
         "napari_mil": "heatmap",
+        "slide": tv.slide_name,
+        "slide_hash": tv.slide_hash,
         "format": fmt,
         "layer": tv.name,
         "scale": tv.scale,
@@ -125,15 +144,20 @@ def write_heatmap_tiff(
     tv: TileValues,
     path: PathLike,
     *,
+    slide=None,
     slide_dimensions: tuple[int, int] | None = None,
     downsample: int | None = None,
     dtype: str = "float32",
     compression: str | None = "zlib",
     overwrite: bool = False,
 ) -> Path:
-    """Write a pyramidal OME-TIFF heatmap (+ ``<path>.json`` sidecar); see the module doc."""
+    """Write a pyramidal OME-TIFF heatmap (+ ``<path>.json`` sidecar); see the module doc.
+
+    With ``slide`` (an open :class:`~napari_mil.io.slide.Slide`) the values must have been
+    computed on it (content hash and pixel size) and the heatmap covers its whole extent."""
     from ..io.tiff_writer import write_pyramidal_tiff
 
+    slide_dimensions = _slide_extent(tv, slide, slide_dimensions)
     p = Path(path)
     side = p.with_name(p.name + ".json")
     check_writable(p, overwrite=overwrite)
@@ -171,6 +195,7 @@ def write_heatmap_zarr(
     tv: TileValues,
     path: PathLike,
     *,
+    slide=None,
     slide_dimensions: tuple[int, int] | None = None,
     downsample: int | None = None,
     overwrite: bool = False,
@@ -181,10 +206,11 @@ def write_heatmap_zarr(
 
     Level ``i`` is a 2ⁱ block mean; its ``scale`` is ``2ⁱ · d · mpp`` µm (``d`` in pixels
     when the slide has no mpp). The sidecar fields are in the group attributes under
-    ``napari_mil``.
+    ``napari_mil``. ``slide`` is checked and covered as in :func:`write_heatmap_tiff`.
     """
     import zarr
 
+    slide_dimensions = _slide_extent(tv, slide, slide_dimensions)
     raster, d = rasterize_tile_values(tv, downsample=downsample, slide_dimensions=slide_dimensions)
     levels = [raster]
     while max(levels[-1].shape) > min_size:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -25,16 +26,26 @@ from .._types import PathLike
 from ..errors import ExportError
 from ..io.annotations import AnnotationSet
 from ..io.atomic import atomic_path, check_writable
-from ..io.tile_maps import TileValues
+from ..io.tile_maps import TileValues, check_same_slide
 
 __all__ = [
+    "MAX_CROP_PX",
     "CropFormat",
+    "SkippedRoiWarning",
     "Roi",
     "crop_region",
     "export_rois",
     "rois_from_annotations",
     "rois_from_top_k",
 ]
+
+
+#: pixels of one crop (read or written): 64 Mpx is an 8192² RGB image of 192 MiB
+MAX_CROP_PX = 64 * 2**20
+
+
+class SkippedRoiWarning(UserWarning):
+    """An annotation that has no area (a point, a straight line) is not exported as a crop."""
 
 
 class CropFormat(StrEnum):
@@ -44,12 +55,19 @@ class CropFormat(StrEnum):
 
 @dataclass(frozen=True)
 class Roi:
-    """A region to export: level-0 bounds (x0, y0, x1, y1), a name, and optional scores."""
+    """A region to export: level-0 bounds (x0, y0, x1, y1), a name, and optional scores.
+
+    ROIs taken from a result (:func:`rois_from_top_k`) name the slide it was computed on
+    (``slide_name``, ``slide_hash``, ``slide_mpp``); :func:`export_rois` refuses to crop them
+    from another slide."""
 
     bounds_xy: tuple[int, int, int, int]
     name: str = "roi"
     scores: Mapping[str, float] = field(default_factory=dict, hash=False)
     polygon_xy: tuple[tuple[float, float], ...] | None = None
+    slide_name: str | None = None
+    slide_hash: str | None = None
+    slide_mpp: float | None = None
 
     def __post_init__(self) -> None:
         x0, y0, x1, y1 = (
@@ -61,30 +79,58 @@ class Roi:
 
 
 def rois_from_annotations(anns: AnnotationSet, *, prefix: str = "roi") -> list[Roi]:
-    """One ROI per annotation (its bounding box; the polygon goes into the sidecar)."""
-    out = []
+    """One ROI per annotation (its bounding box; the polygon goes into the sidecar).
+
+    Annotations without an area (points, horizontal or vertical lines) have nothing to crop:
+    they are left out with one :class:`SkippedRoiWarning` naming them; :class:`ExportError`
+    when nothing is left."""
+    out, flat = [], []
     for i, a in enumerate(anns):
+        x0, y0, x1, y1 = a.geometry.bounds
+        if not (math.ceil(x1) > math.floor(x0) and math.ceil(y1) > math.floor(y0)):
+            flat.append(f"{a.name or f'{prefix}{i}'} ({a.geom_type})")
+            continue
         poly = None
         if a.geom_type == "Polygon":
             poly = tuple(map(tuple, np.asarray(a.geometry.exterior.coords).tolist()))
         name = a.name or f"{prefix}{i}"
         scores = dict(a.measurements)
         out.append(Roi(tuple(a.geometry.bounds), name, scores, poly))  # type: ignore[arg-type]
+    if flat:
+        if not out:
+            raise ExportError(
+                f"None of the {len(flat)} annotation(s) has an area to crop (points or flat "
+                f"lines: {', '.join(flat[:5])}{' …' if len(flat) > 5 else ''}). Draw "
+                "rectangles or polygons around the regions to export.")
+        warnings.warn(
+            f"Skipped {len(flat)} annotation(s) without an area (points or flat lines, nothing "
+            f"to crop): {', '.join(flat[:5])}{' …' if len(flat) > 5 else ''}. "
+            f"Exporting the other {len(out)}.", SkippedRoiWarning, stacklevel=2)
     return out
 
 
 def rois_from_top_k(tile_values: TileValues, k: int = 10) -> list[Roi]:
-    """The ``k`` tiles with the highest values, best first."""
+    """The ``k`` tiles with the highest finite values, best first (fewer when fewer tiles
+    have a finite value; :class:`ExportError` when none has). Each ROI names the slide the
+    values were computed on."""
     if k < 1:
         raise ExportError(f"k must be ≥ 1, got {k}.")
-    v = np.where(np.isfinite(tile_values.values), tile_values.values, -np.inf)
-    order = np.argsort(-v, kind="mergesort")[: min(k, len(v))]
+    finite = np.flatnonzero(np.isfinite(tile_values.values))
+    if not len(finite):
+        raise ExportError(
+            f"The tile map {tile_values.label!r} holds no finite value (all {len(tile_values)} "
+            "are NaN or infinite), so it has no top tiles: re-run the analysis, or pick "
+            "another layer.")
+    v = tile_values.values[finite]
+    order = finite[np.argsort(-v, kind="mergesort")[: min(k, len(v))]]
     s = tile_values.tile_size
     return [
         Roi(
             (int(x), int(y), int(x) + s, int(y) + s),
             f"{tile_values.name}_top{r + 1}",
             {tile_values.label: float(tile_values.values[i]), "rank": r + 1},
+            slide_name=tile_values.slide_name, slide_hash=tile_values.slide_hash,
+            slide_mpp=tile_values.mpp,
         )
         for r, i in enumerate(order.tolist())
         for x, y in [tile_values.coords_xy[i]]
@@ -94,21 +140,14 @@ def rois_from_top_k(tile_values: TileValues, k: int = 10) -> list[Roi]:
 def crop_region(
     slide, bounds_xy: tuple[int, int, int, int], *, mpp: float | None = None
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Pixels of level-0 ``bounds_xy`` at ``mpp`` (None: level 0). Returns (image, info)."""
+    """Pixels of level-0 ``bounds_xy`` at ``mpp`` (None: level 0). Returns (image, info).
+
+    :class:`ExportError` before anything is read when the crop (or the region read for it)
+    exceeds :data:`MAX_CROP_PX` pixels."""
     from PIL import Image
 
     x0, y0, x1, y1 = bounds_xy
-    if mpp is None:
-        target_ds = 1.0
-    else:
-        if not mpp > 0:
-            raise ExportError(f"mpp must be positive, got {mpp}.")
-        target_ds = mpp / slide.require_mpp()
-    out_w = max(1, round((x1 - x0) / target_ds))
-    out_h = max(1, round((y1 - y0) / target_ds))
-    level = slide.best_level_for_downsample(target_ds)
-    lds = slide.level_downsamples[level]
-    read_w, read_h = max(1, math.ceil((x1 - x0) / lds)), max(1, math.ceil((y1 - y0) / lds))
+    target_ds, level, lds, (out_w, out_h), (read_w, read_h) = _crop_plan(slide, bounds_xy, mpp)
     if (read_w, read_h) == (out_w, out_h) or math.isclose(lds, target_ds, rel_tol=1e-6):
         img = slide.read_region((x0, y0), level, (out_w, out_h))
     else:
@@ -126,6 +165,33 @@ def crop_region(
         "size_px": [out_w, out_h],
     }
     return np.ascontiguousarray(img), info
+
+
+def _crop_plan(slide, bounds_xy, mpp: float | None, name: str = "roi"):
+    """(downsample, level, level downsample, output size, read size) of one crop, refused
+    when it is larger than :data:`MAX_CROP_PX`."""
+    x0, y0, x1, y1 = bounds_xy
+    if mpp is None:
+        target_ds = 1.0
+    else:
+        if not (mpp > 0 and math.isfinite(mpp)):
+            raise ExportError(f"mpp must be a positive number, got {mpp}.")
+        target_ds = mpp / slide.require_mpp()
+    out_w = max(1, round((x1 - x0) / target_ds))
+    out_h = max(1, round((y1 - y0) / target_ds))
+    level = slide.best_level_for_downsample(target_ds)
+    lds = slide.level_downsamples[level]
+    read_w, read_h = max(1, math.ceil((x1 - x0) / lds)), max(1, math.ceil((y1 - y0) / lds))
+    if max(out_w * out_h, read_w * read_h) > MAX_CROP_PX:
+        base = slide.mpp or 1.0
+        fit = base * target_ds * math.sqrt(out_w * out_h / MAX_CROP_PX) * 1.01
+        unit = "µm/px" if slide.mpp else "× level 0"
+        raise ExportError(
+            f"ROI {name!r} ({x1 - x0:,} × {y1 - y0:,} level-0 px) would be a crop of "
+            f"{out_w:,} × {out_h:,} px, more than the {MAX_CROP_PX:,}-pixel limit of one crop "
+            f"(about {out_w * out_h * 3 / 2**30:,.1f} GiB): export it at a coarser pixel size "
+            f"(at least {fit:.3g} {unit}: --mpp / --magnification) or crop a smaller region.")
+    return target_ds, level, lds, (out_w, out_h), (read_w, read_h)
 
 
 def _safe(name: str) -> str:
@@ -164,7 +230,8 @@ def export_rois(
     """Write each ROI as ``<slide>_<name>_<x0>_<y0>.<png|tiff>`` plus a ``.json`` sidecar.
 
     Every target is checked before anything is written, so an existing file stops the export
-    up front (unless ``overwrite``). Returns the image paths.
+    up front (unless ``overwrite``), as do a ROI taken from another slide's result (content
+    hash or pixel size differ) and a crop over :data:`MAX_CROP_PX`. Returns the image paths.
     """
     fmt = CropFormat(fmt)
     out = Path(out_dir)
@@ -172,6 +239,9 @@ def export_rois(
     plans = []
     seen: set[Path] = set()
     for roi in rois:
+        check_same_slide(slide, name=roi.slide_name, content_hash=roi.slide_hash,
+                         mpp=roi.slide_mpp, what=f"ROI {roi.name!r}")
+        _crop_plan(slide, roi.bounds_xy, mpp, roi.name)
         x0, y0 = roi.bounds_xy[:2]
         stem = f"{_safe(slide.name)}_{_safe(roi.name)}_{x0}_{y0}"
         img_path, side = out / f"{stem}.{ext}", out / f"{stem}.json"

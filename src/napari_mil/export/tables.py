@@ -62,10 +62,19 @@ def tile_table(tile_maps: Sequence[TileValues]) -> tuple[list[str], list[list]]:
     return header, rows
 
 
+def _check_slide(tile_maps: Sequence[TileValues], slide) -> None:
+    """Every map must have been computed on ``slide`` (when one is given)."""
+    if slide is not None:
+        for tv in tile_maps:
+            tv.check_slide(slide)
+
+
 def write_tiles_csv(
-    tile_maps: Sequence[TileValues], path: PathLike, *, overwrite: bool = False
+    tile_maps: Sequence[TileValues], path: PathLike, *, slide=None, overwrite: bool = False
 ) -> Path:
-    """CSV with one row per tile (see :func:`tile_table`)."""
+    """CSV with one row per tile (see :func:`tile_table`); with ``slide``, every map must
+    have been computed on it (content hash and pixel size)."""
+    _check_slide(tile_maps, slide)
     header, rows = tile_table(tile_maps)
     cells = [
         [
@@ -84,12 +93,15 @@ def write_tiles_geojson(
     path: PathLike,
     *,
     object_type: str = "tile",
+    slide=None,
     overwrite: bool = False,
 ) -> Path:
     """QuPath GeoJSON: one square ``objectType`` "tile" (or "detection") object per tile with
-    its values as ``measurements`` (named ``<layer> <scale>`` when several scales)."""
+    its values as ``measurements`` (named ``<layer> <scale>`` when several scales); with
+    ``slide``, every map must have been computed on it."""
     if object_type not in ("tile", "detection"):
         raise ExportError(f"object_type must be 'tile' or 'detection', got {object_type!r}.")
+    _check_slide(tile_maps, slide)
     groups = _group(tile_maps)
     several = len({first.scale for first, _ in groups}) > 1
     feats = []

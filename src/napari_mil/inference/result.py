@@ -9,8 +9,8 @@ about each tile, plus the slide-level probabilities and the provenance needed to
 from __future__ import annotations
 
 import json
+import math
 import time
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -66,7 +66,7 @@ class ScaleMap:
         for key, arr in extras.items():
             if arr.shape[:1] != (n,):
                 raise ResultError(
-                    f"{self.scale.name}: extra {key!r} has {arr.shape[0]} rows for {n} tiles."
+                    f"{self.scale.name}: extra {key!r} has shape {arr.shape} for {n} tiles."
                 )
         object.__setattr__(self, "extras", extras)
         if self.features is not None and len(self.features) != n:
@@ -148,7 +148,8 @@ class SlideResult:
         out = []
         for name, sm in self.scales.items():
             common = dict(coords_xy=sm.coords_xy, tile_size=int(round(sm.tile_size_level0)),
-                          scale=name, mpp=self.slide_mpp)
+                          scale=name, mpp=self.slide_mpp, slide_name=self.slide_name,
+                          slide_hash=self.slide_hash, slide_dimensions=self.slide_dimensions)
             s = sm.instance_scores
             if s is not None and s.ndim == 1:
                 out.append(TileValues(values=s, name="instance scores", **common))
@@ -169,12 +170,12 @@ class SlideResult:
         return replace(self, reviews=dict(reviews))
 
     def check_slide(self, slide) -> None:
-        """Raise ResultError unless ``slide`` is the slide this result was computed on."""
-        if slide.content_hash != self.slide_hash:
-            raise ResultError(
-                f"This result belongs to slide {self.slide_name!r} (hash {self.slide_hash[:12]}…), "
-                f"not to {slide.name!r} (hash {slide.content_hash[:12]}…). Open the matching slide."
-            )
+        """Raise ResultError unless ``slide`` is the slide this result was computed on: same
+        content hash and the same pixel size (µm/px)."""
+        from ..io.tile_maps import check_same_slide
+
+        check_same_slide(slide, name=self.slide_name, content_hash=self.slide_hash,
+                         mpp=self.slide_mpp, what="This result")
 
     # -- saving ----------------------------------------------------------------------------
     def _meta(self) -> dict:
@@ -237,39 +238,61 @@ def _json_default(obj):
 
 
 def load_result(path: PathLike) -> SlideResult:
-    """Read a result written by :meth:`SlideResult.save` (never unpickles)."""
+    """Read a result written by :meth:`SlideResult.save` (never unpickles).
+
+    Only a regular file is opened; every member's declared shape is checked against the
+    header before anything is inflated (:mod:`.result_checks`), and members the header does
+    not name are never read.
+    """
+    from ..io.npz_members import npz_headers, read_members
+    from ..io.regular_files import require_regular_file
+    from .result_checks import HINT, MAX_META_BYTES, parse_meta, scale_members, whole_coords
+
     path = Path(path)
-    if not path.exists():
-        raise ResultError(f"No result file at {path}.")
+    require_regular_file(path, "result file", ResultError)
+    members = npz_headers(path, ResultError, HINT)
+    raw = members.get(_META_KEY)
+    if raw is None or raw.dtype != np.uint8 or len(raw.shape) != 1:
+        raise ResultError(f"{path} is not a napari-mil result file (no header).")
+    if raw.nbytes > MAX_META_BYTES:
+        raise ResultError(f"{path}: its header declares {raw.nbytes:,} bytes, far more than a "
+                          f"result header holds. {HINT}")
+    meta = parse_meta(read_members(path, [raw], ResultError, HINT)[_META_KEY], path)
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise ResultError(
-            f"{path} is not a readable napari-mil result ({exc}); re-run the analysis."
-        ) from exc
-    try:
-        meta = json.loads(arrays.pop(_META_KEY).tobytes().decode())
-        if meta.get("format") != "napari-mil.SlideResult":
-            raise ResultError(f"{path} is not a napari-mil result file.")
         if int(meta["format_version"]) > RESULT_FORMAT_VERSION:
             raise ResultError(f"{path} was written by a newer napari-mil; upgrade to read it.")
+        probs = members.get("probabilities")
+        if probs is None or len(probs.shape) != 1 or probs.shape[0] > 100_000 \
+                or probs.dtype.kind not in "fiu":
+            raise ResultError(f"{path}: its probabilities are missing or malformed. {HINT}")
+        if not isinstance(meta["scales"], dict):
+            raise TypeError("scales")
+        plans = [(name, *scale_members(i, name, info, members, path))
+                 for i, (name, info) in enumerate(meta["scales"].items())]
+        wanted = [probs] + [m for _name, _size, ms, _extras in plans for m in ms]
+        arrays = read_members(path, wanted, ResultError, HINT)
         scales = {}
-        for i, (name, info) in enumerate(meta["scales"].items()):
+        for i, (name, size, _ms, extras) in enumerate(plans):
             scales[name] = ScaleMap(
-                scale=ScaleSpec.from_dict(info["scale"]),
-                coords_xy=arrays[f"s{i}/coords_xy"],
-                tile_size_level0=float(info["tile_size_level0"]),
+                scale=ScaleSpec.from_dict(meta["scales"][name]["scale"]),
+                coords_xy=whole_coords(arrays[f"s{i}/coords_xy"], name, path),
+                tile_size_level0=size,
                 instance_scores=arrays.get(f"s{i}/instance_scores"),
                 attention=arrays.get(f"s{i}/attention"),
-                extras={k: arrays[f"s{i}/extra/{k}"] for k in info["extras"]},
+                extras={k: arrays[f"s{i}/extra/{k}"] for k in extras},
                 features=arrays.get(f"s{i}/features"),
             )
         slide = meta["slide"]
+        mpp = float(slide["mpp"])
+        if not (math.isfinite(mpp) and mpp > 0):
+            raise ResultError(f"{path}: its slide pixel size {mpp!r} µm/px is not a positive "
+                              f"number. {HINT}")
         return SlideResult(
-            slide_name=slide["name"], slide_path=slide["path"], slide_hash=slide["hash"],
-            slide_mpp=float(slide["mpp"]), slide_dimensions=tuple(slide["dimensions"]),
-            class_names=tuple(meta["class_names"]), probabilities=arrays["probabilities"],
+            slide_name=str(slide["name"]), slide_path=str(slide["path"]),
+            slide_hash=str(slide["hash"]), slide_mpp=mpp,
+            slide_dimensions=tuple(slide["dimensions"]),
+            class_names=tuple(str(c) for c in meta["class_names"]),
+            probabilities=arrays["probabilities"],
             scales=scales, model_card=meta["model_card"], extractor_card=meta["extractor_card"],
             settings=meta["settings"], reviews=meta.get("reviews", {}),
             elapsed_s=float(meta.get("elapsed_s", 0.0)), created_utc=meta.get("created_utc", ""),
@@ -278,7 +301,11 @@ def load_result(path: PathLike) -> SlideResult:
         )
     except ResultError:
         raise
-    except (KeyError, TypeError, ValueError, UnicodeDecodeError) as exc:
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        from ..errors import NapariMilError
+
+        if isinstance(exc, NapariMilError):  # e.g. a ConfigError from ScaleSpec.from_dict
+            raise ResultError(f"{path}: {exc} {HINT}") from None
         raise ResultError(
-            f"{path} is damaged or incomplete (missing {exc}); re-run the analysis."
-        ) from exc
+            f"{path} is damaged or incomplete ({type(exc).__name__}: {exc}). {HINT}"
+        ) from None

@@ -40,8 +40,9 @@ MAX_FEATURE_DIM = 1_000_000
 def _open(path: Path):
     import h5py
 
-    if not path.is_file():
-        raise FeatureError(f"Feature file {path} does not exist.")
+    from .regular_files import require_regular_file
+
+    require_regular_file(path, "feature file", FeatureError, "Give a CLAM or TRIDENT .h5 file.")
     try:
         return h5py.File(path, "r")
     except OSError as exc:
@@ -98,6 +99,40 @@ def _refuse_links(fh, path: Path) -> None:
                                "copy the data into the file itself.")
 
 
+#: datasets inflating to more than this many times their stored bytes (and more than
+#: ``_BOMB_MIN_BYTES``) are refused: float features compress less than 2×, zeros 1000×
+_MAX_INFLATE_RATIO = 200
+_BOMB_MIN_BYTES = 64 * 2**20
+
+
+def _check_written(dset, key: str, path: Path) -> None:
+    """Refuse a dataset whose chunks were never written (HDF5 would read them as fill values:
+    gigabytes of zeros from a file of kilobytes) or that inflates absurdly, before reading."""
+    import h5py
+
+    nbytes = int(dset.size) * dset.dtype.itemsize
+    if nbytes == 0 or dset.id.get_create_plist().get_layout() == h5py.h5d.COMPACT:
+        return
+    stored = int(dset.id.get_storage_size())
+    if dset.chunks is not None:
+        expected = math.prod(math.ceil(n / c) for n, c in zip(dset.shape, dset.chunks,
+                                                              strict=True))
+        written = int(dset.id.get_num_chunks())
+        if written < expected:
+            raise FeatureError(
+                f"{path}: only {written:,} of the {expected:,} chunks of {key!r} were ever "
+                f"written; the rest ({nbytes / 2**20:,.0f} MiB declared) hold no data. The file "
+                "is incomplete: extract the features again.")
+    elif stored < nbytes:
+        raise FeatureError(
+            f"{path}: {key!r} declares {nbytes:,} bytes but only {stored:,} were ever written. "
+            "The file is incomplete: extract the features again.")
+    if nbytes > _BOMB_MIN_BYTES and nbytes > _MAX_INFLATE_RATIO * max(1, stored):
+        raise FeatureError(
+            f"{path}: {key!r} would inflate to {nbytes / 2**20:,.0f} MiB from "
+            f"{stored / 2**20:,.2f} MiB stored, which no features file does: refused.")
+
+
 def _read_arrays_unchecked(path: Path) -> tuple[np.ndarray, np.ndarray, dict, dict]:
     with _open(path) as fh:
         missing = [k for k in ("features", "coords") if k not in fh]
@@ -132,6 +167,8 @@ def _read_arrays_unchecked(path: Path) -> tuple[np.ndarray, np.ndarray, dict, di
                 f"{path}: 'features' claims shape {fshape} ({fshape[0] * fshape[1]:,} values), "
                 f"implausibly large (limit {MAX_FEATURE_VALUES:,} values, D ≤ "
                 f"{MAX_FEATURE_DIM:,}); the file is damaged or not a features file.")
+        _check_written(dfeat, "features", path)
+        _check_written(dcoord, "coords", path)
         feats = np.asarray(dfeat[...], dtype=np.float32).reshape(fshape)
         coords_raw = np.asarray(dcoord[...])
         cattrs = {k: _scalar(v) for k, v in dcoord.attrs.items()}

@@ -15,7 +15,8 @@ from typing import Any
 
 __all__ = ["SlideInfo", "parse_ome_xml", "read_slide_info", "mpp_from_resolution", "PixelFormat",
            "pixel_format", "to_rgb8", "check_geometry", "check_ifd_chain",
-           "check_tile_extents", "MAX_SIDE_PX", "MAX_CHUNK_BYTES"]
+           "check_tile_extents", "check_ifd_count", "MAX_SIDE_PX", "MAX_CHUNK_BYTES",
+           "MAX_IFDS", "MAX_IMAGE_SHAPES"]
 
 #: micrometres per unit of OME ``PhysicalSizeXUnit``
 _OME_UNITS_UM = {
@@ -26,6 +27,8 @@ _OME_UNITS_UM = {
 _TIFF_UNITS_UM = {2: 25400.0, 3: 10000.0}
 #: plausible pixel sizes of a slide scanner (µm/px); anything else is a default, not a scan
 _MPP_RANGE = (0.01, 100.0)
+#: relative difference of X and Y pixel sizes above which pixels are not square
+_SQUARE_RTOL = 0.01
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,9 @@ class SlideInfo:
     magnification: float | None
     vendor: str | None
     mpp_source: str | None  # "aperio", "ome", "tiff-resolution", "openslide", ...
+    #: why no pixel size was taken although the file records one (an invalid value, pixels
+    #: that are not square); ``None`` when nothing was wrong
+    mpp_problem: str | None = None
 
 
 def _as_float(value: Any) -> float | None:
@@ -52,8 +58,10 @@ def _plausible(mpp: float | None) -> float | None:
 
 
 def parse_ome_xml(xml: str) -> dict[str, float | None]:
-    """``PhysicalSizeX/Y`` (in µm) and ``NominalMagnification`` of the first OME image."""
-    out: dict[str, float | None] = {"mpp_x": None, "mpp_y": None, "magnification": None}
+    """``PhysicalSizeX/Y`` (in µm), as written (``raw_x/y``) and ``NominalMagnification`` of
+    the first OME image."""
+    out: dict[str, Any] = {"mpp_x": None, "mpp_y": None, "magnification": None,
+                           "raw_x": None, "raw_y": None}
     try:
         root = ET.fromstring(xml)
     except ET.ParseError:
@@ -62,6 +70,7 @@ def parse_ome_xml(xml: str) -> dict[str, float | None]:
         tag = el.tag.rsplit("}", 1)[-1]
         if tag == "Pixels" and out["mpp_x"] is None:
             for axis in ("X", "Y"):
+                out[f"raw_{axis.lower()}"] = el.get(f"PhysicalSize{axis}")
                 size = _as_float(el.get(f"PhysicalSize{axis}"))
                 unit = el.get(f"PhysicalSize{axis}Unit", "µm")
                 factor = _OME_UNITS_UM.get(unit)
@@ -91,27 +100,35 @@ def read_slide_info(properties: Mapping[str, Any], tiff_page=None) -> SlideInfo:
 
     ``tiff_page`` is the tifffile page of level 0 (``None`` with the openslide backend).
     """
-    mpp_x = _plausible(_as_float(properties.get("tiffslide.mpp-x")
-                                 or properties.get("openslide.mpp-x")))
-    mpp_y = _plausible(_as_float(properties.get("tiffslide.mpp-y")
-                                 or properties.get("openslide.mpp-y")))
+    raw_x = properties.get("tiffslide.mpp-x") or properties.get("openslide.mpp-x")
+    raw_y = properties.get("tiffslide.mpp-y") or properties.get("openslide.mpp-y")
+    mpp_x, mpp_y = _plausible(_as_float(raw_x)), _plausible(_as_float(raw_y))
     vendor = properties.get("tiffslide.vendor") or properties.get("openslide.vendor")
     vendor = str(vendor) if vendor else None
     mag = _as_float(properties.get("tiffslide.objective-power")
                     or properties.get("openslide.objective-power"))
+    problems: list[str] = []
+    if raw_x is not None and mpp_x is None:
+        problems.append(f"its {vendor or 'scanner'} metadata gives the pixel size as "
+                        f"{raw_x!r} µm/px, which is not a pixel size")
     source = None
     if mpp_x:
         source = vendor if vendor and vendor != "generic" else "tiff-resolution"
+        mpp_x, mpp_y = _square(mpp_x, mpp_y, source, problems)
 
     description = str(properties.get("tiff.ImageDescription") or "")
     if "<OME" in description[:2000] or "www.openmicroscopy.org" in description[:2000]:
         vendor = vendor if vendor and vendor != "generic" else "ome"
         ome = parse_ome_xml(description)
         if mpp_x is None and _plausible(ome["mpp_x"]):
-            mpp_x, mpp_y, source = ome["mpp_x"], ome["mpp_y"] or ome["mpp_x"], "ome"
+            mpp_x, mpp_y = _square(ome["mpp_x"], _plausible(ome["mpp_y"]), "OME", problems)
+            source = "ome" if mpp_x else None
+        elif mpp_x is None and ome["raw_x"] is not None:
+            problems.append(f"its OME metadata gives the pixel size as PhysicalSizeX="
+                            f"{ome['raw_x']!r}, which is not a pixel size")
         mag = mag or ome["magnification"]
 
-    if mpp_x is None and tiff_page is not None:
+    if mpp_x is None and tiff_page is not None and not problems:
         tags = tiff_page.tags
         unit_tag = tags.get("ResolutionUnit")
         unit = int(unit_tag.value) if unit_tag is not None else None
@@ -119,10 +136,24 @@ def read_slide_info(properties: Mapping[str, Any], tiff_page=None) -> SlideInfo:
         mx = mpp_from_resolution(xres.value if xres is not None else None, unit)
         my = mpp_from_resolution(yres.value if yres is not None else None, unit)
         if mx is not None:
-            mpp_x, mpp_y, source = mx, my or mx, "tiff-resolution"
+            mpp_x, mpp_y = _square(mx, my, "TIFF resolution", problems)
+            source = "tiff-resolution" if mpp_x else None
     if mpp_y is None:
         mpp_y = mpp_x
-    return SlideInfo(mpp_x, mpp_y, mag, vendor, source)
+    problem = "; ".join(problems) if problems and mpp_x is None else None
+    return SlideInfo(mpp_x, mpp_y, mag, vendor, source, problem)
+
+
+def _square(mx: float, my: float | None, source: str,
+            problems: list[str]) -> tuple[float | None, float | None]:
+    """``(mx, my)``, or ``(None, None)`` with a problem noted when the pixels are not square
+    (every analysis here measures one pixel size for both axes)."""
+    if my is not None and not math.isclose(mx, my, rel_tol=_SQUARE_RTOL):
+        problems.append(f"its {source} pixel size is {mx:.6g} × {my:.6g} µm: the pixels are "
+                        "not square, which napari-mil cannot analyse (resample the image to "
+                        "square pixels)")
+        return None, None
+    return mx, my
 
 
 # ------------------------------------------------------------------ pixel formats
@@ -288,20 +319,102 @@ def check_ifd_chain(tif, size: int, name: str) -> None:
             f"ends at {size:,}. Copy the slide again (the transfer was probably interrupted).")
 
 
-def check_tile_extents(pages, size: int, name: str) -> None:
-    """Tile or strip data reaching past the end of the file means truncation."""
+def check_tile_extents(pages, size: int, name: str, *, levels: bool = False) -> None:
+    """Tile or strip data reaching past the end of the file means truncation; with
+    ``levels`` (the pyramid's pages), a level whose every tile has 0 bytes is damaged (it
+    would read as blank glass)."""
     import numpy as np
 
     from ..errors import CorruptSlideError
 
-    for page in pages:
+    for i, page in enumerate(pages):
         offsets = getattr(page, "dataoffsets", ())
         counts = getattr(page, "databytecounts", ())
         if not len(offsets):
             continue
+        if levels and not np.any(np.asarray(counts, np.int64)):
+            raise CorruptSlideError(
+                f"{name}: every one of the {len(counts):,} tiles of pyramid level {i} has 0 "
+                "bytes: its image data is missing (the file is damaged or was never written "
+                "completely). Copy the slide again from the source.")
         end = int((np.asarray(offsets, np.int64) + np.asarray(counts, np.int64)).max())
         if end > size:
             raise CorruptSlideError(
                 f"{name} is truncated: its image data needs {end:,} bytes but the file has "
                 f"{size:,}. Copy the slide again (the transfer was probably interrupted)."
             )
+
+
+# ------------------------------------------------------------------ IFD count
+#: image directories a slide file may hold in its main chain (a pyramid: ~10 levels plus
+#: label, macro and thumbnail; a z-stack or many channels: hundreds of equal-sized pages)
+MAX_IFDS = 4096
+#: distinct image sizes among them: tifffile matches every series against every other to
+#: find pyramids, which costs seconds at 500 sizes and minutes at 3000
+MAX_IMAGE_SHAPES = 128
+
+
+def _ifd_walk(fh, size: int, limit: int):
+    """Yield ``(width, height)`` (``None`` when absent) of each IFD of the main chain, from
+    the raw bytes (no tifffile), stopping at the end of the chain, a loop, a read past the
+    end of the file or ``limit`` directories."""
+    import struct
+
+    fh.seek(0)
+    head = fh.read(16)
+    if len(head) < 8 or head[:2] not in (b"II", b"MM"):
+        return
+    bo = "<" if head[:2] == b"II" else ">"
+    version = struct.unpack(bo + "H", head[2:4])[0]
+    if version == 42:
+        cnt_fmt, ent, val_off, off_fmt = "H", 12, 8, "I"
+        pos = struct.unpack(bo + "I", head[4:8])[0]
+    elif version == 43 and len(head) >= 16:
+        cnt_fmt, ent, val_off, off_fmt = "Q", 20, 12, "Q"
+        pos = struct.unpack(bo + "Q", head[8:16])[0]
+    else:
+        return
+    csize, osize = struct.calcsize(cnt_fmt), struct.calcsize(off_fmt)
+    seen: set[int] = set()
+    while pos and pos not in seen and pos + csize <= size and len(seen) < limit:
+        seen.add(pos)
+        fh.seek(pos)
+        n = struct.unpack(bo + cnt_fmt, fh.read(csize))[0]
+        if pos + csize + n * ent + osize > size:
+            return
+        block = fh.read(n * ent + osize)
+        dims = {}
+        for i in range(n):
+            e = block[i * ent:(i + 1) * ent]
+            tag, typ = struct.unpack(bo + "HH", e[:4])
+            if tag in (256, 257):
+                fmt = "H" if typ == 3 else "I" if typ == 4 else "Q" if typ == 16 else None
+                if fmt:
+                    raw = e[val_off:val_off + struct.calcsize(fmt)]
+                    dims[tag] = struct.unpack(bo + fmt, raw)[0]
+        yield (dims[256], dims[257]) if len(dims) == 2 else None
+        pos = struct.unpack(bo + off_fmt, block[n * ent:])[0]
+
+
+def check_ifd_count(path, size: int, name: str) -> None:
+    """Refuse a TIFF whose main chain holds more than :data:`MAX_IFDS` image directories or
+    more than :data:`MAX_IMAGE_SHAPES` image sizes, counted from the raw bytes before tifffile
+    parses the file (its pyramid detection is quadratic or worse in the number of series:
+    30,000 directories take minutes)."""
+    from ..errors import UnsupportedSlideError
+
+    with open(path, "rb") as fh:
+        shapes: set = set()
+        count = 0
+        for dims in _ifd_walk(fh, size, MAX_IFDS + 1):
+            count += 1
+            if dims is not None:
+                shapes.add(dims)
+    if count > MAX_IFDS or len(shapes) > MAX_IMAGE_SHAPES:
+        what = (f"more than {MAX_IFDS:,} images" if count > MAX_IFDS
+                else f"{len(shapes):,} images of different sizes")
+        raise UnsupportedSlideError(
+            f"{name} holds {what} in its TIFF directory chain (a slide has a pyramid of a few "
+            f"levels; the limit is {MAX_IFDS:,} images and {MAX_IMAGE_SHAPES} sizes): it is "
+            "not a whole-slide image napari-mil opens, or it is damaged. Convert it to a "
+            "pyramidal TIFF, e.g. `vips tiffsave in.tif out.tif --tile --pyramid`.")

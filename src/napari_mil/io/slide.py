@@ -49,6 +49,7 @@ from . import pyramid as _pyr
 from .metadata import (
     check_geometry,
     check_ifd_chain,
+    check_ifd_count,
     check_tile_extents,
     pixel_format,
     read_slide_info,
@@ -226,11 +227,13 @@ class Slide:
         self.magnification = info.magnification
         self.mpp_source = "user" if mpp is not None else info.mpp_source
         self.mpp: float | None = float(mpp) if mpp is not None else info.mpp_x
+        #: why the file's pixel size was not taken (invalid value, pixels not square)
+        self.mpp_problem: str | None = None if mpp is not None else info.mpp_problem
         if self.mpp is None:
             warnings.warn(
-                f"{self.path.name} does not record its pixel size (µm/px): positions and "
-                "scale bars are in pixels, and magnification-based tiling needs it. Pass "
-                "mpp=... to open_slide (CLI: --mpp).", MissingMppWarning, stacklevel=3)
+                f"{self._mpp_missing()}: positions and scale bars are in pixels, and "
+                "magnification-based tiling needs it. Pass mpp=... to open_slide (CLI: --mpp).",
+                MissingMppWarning, stacklevel=3)
 
         w0, h0 = readers[0].width, readers[0].height
         native_ds = list(self._native_downsamples)
@@ -271,6 +274,8 @@ class Slide:
         size = self.path.stat().st_size
         head = _sniff(self.path)
         is_tiff = head[:4] in _TIFF_MAGIC
+        if is_tiff:
+            check_ifd_count(self.path, size, self.path.name)
         try:
             ts = tiffslide.TiffSlide(self.path)
         except Exception as exc:  # tiffslide/tifffile raise many types on foreign files
@@ -294,7 +299,7 @@ class Slide:
             series = ts.ts_tifffile.series[int(ts.properties.get("tiffslide.series-index") or 0)]
             pages = [lvl.keyframe for lvl in series.levels][: ts.level_count]
             check_geometry(pages, self.path.name)
-            check_tile_extents(pages, size, self.path.name)
+            check_tile_extents(pages, size, self.path.name, levels=True)
             fmt = pixel_format(pages[0], self.path.name)
             self._fh = FileHandle(self.path)
             readers: list[LevelReader] = []
@@ -430,11 +435,17 @@ class Slide:
         return self.read_region((0, 0), lvl, (w, h))
 
     # ------------------------------------------------------------------ geometry
+    def _mpp_missing(self) -> str:
+        """Why the slide has no pixel size: not recorded, or recorded but unusable."""
+        if self.mpp_problem:
+            return f"{self.path.name} has no usable pixel size (µm/px): {self.mpp_problem}"
+        return f"{self.path.name} does not record its pixel size (µm/px)"
+
     def require_mpp(self) -> float:
         """``mpp``, or a :class:`MissingMppError` saying how to provide it."""
         if self.mpp is None:
             raise MissingMppError(
-                f"{self.path.name} does not record its pixel size (µm/px). Pass it explicitly: "
+                f"{self._mpp_missing()}. Pass it explicitly: "
                 "open_slide(path, mpp=0.25) in Python or --mpp 0.25 on the command line "
                 "(0.25 for a 40x scan, 0.5 for 20x).")
         return self.mpp
@@ -493,6 +504,7 @@ class Slide:
             "level_downsamples": list(self.level_downsamples),
             "mpp": self.mpp,
             "mpp_source": self.mpp_source,
+            "mpp_problem": self.mpp_problem,
             "magnification": self.magnification,
             "tile_size": [r0.tile_width, r0.tile_height],
             "fast_levels": [type(r).__name__ == "JpegTileLevel" for r in self._readers],

@@ -14,13 +14,18 @@ Files read by :func:`load_tile_maps` (until ``SlideResult`` is plugged in):
   anything else an instance score.
 * ``.json``: ``{"mpp": 0.5, "maps": [{"name", "scale", "kind", "tile_size", "coords_xy",
   "values"}, ...]}``.
+
+Both may name the slide they were computed on (``slide_name``, ``slide_hash``, written by
+:func:`save_tile_maps` when the maps know it); :func:`check_same_slide` then refuses to apply
+them to another slide. Coordinates must be whole level-0 pixels.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 
@@ -29,8 +34,35 @@ import numpy as np
 from .._types import PathLike
 from ..errors import ResultError
 from .atomic import atomic_path, atomic_write_text
+from .unicode_text import without_lone_surrogates
 
-__all__ = ["TileKind", "TileValues", "load_tile_maps", "save_tile_maps"]
+__all__ = ["TileKind", "TileValues", "check_same_slide", "load_tile_maps", "save_tile_maps"]
+
+#: relative difference of two pixel sizes still taken as the same slide scan
+MPP_RTOL = 1e-3
+
+
+def check_same_slide(slide, *, name: str | None, content_hash: str | None, mpp: float | None,
+                     what: str = "This tile map") -> None:
+    """Raise :class:`ResultError` unless ``slide`` is the slide a result was computed on:
+    same content hash (``Slide.content_hash``) and same pixel size. Unknown fields (a tile
+    table that does not name its slide) are not compared."""
+    other = str(getattr(getattr(slide, "path", None), "name", "") or slide.name)
+    if content_hash and slide.content_hash != content_hash:
+        raise ResultError(
+            f"{what} belongs to slide {name!r} (content hash {content_hash[:12]}…), not to "
+            f"{slide.name!r} ({other}, content hash {slide.content_hash[:12]}…): the files "
+            f"differ. Give the slide {name!r} the result was computed on, or analyse "
+            f"{slide.name!r} itself.")
+    slide_mpp = getattr(slide, "mpp", None)
+    if mpp and slide_mpp and not math.isclose(float(mpp), float(slide_mpp), rel_tol=MPP_RTOL):
+        raise ResultError(
+            f"{what} was computed on slide {name!r} at {float(mpp):.6g} µm/px, but "
+            f"{slide.name!r} is opened at {float(slide_mpp):.6g} µm/px (from "
+            f"{getattr(slide, 'mpp_source', None) or 'its metadata'}): tile positions and "
+            "sizes would not match. "
+            "Open the slide with the pixel size the analysis used (--slide-mpp / mpp=...), or "
+            "analyse it again.")
 
 
 class TileKind(StrEnum):
@@ -50,6 +82,10 @@ class TileValues:
     scale: str = ""
     mpp: float | None = None
     kind: TileKind = TileKind.INSTANCE_SCORE
+    #: the slide these values were computed on, when known (``SlideResult.tile_values``)
+    slide_name: str | None = None
+    slide_hash: str | None = None
+    slide_dimensions: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         coords = np.asarray(self.coords_xy)
@@ -59,13 +95,21 @@ class TileValues:
                 f"Tile map {self.name!r}: coords_xy must be (N, 2) and values (N,), got "
                 f"{coords.shape} and {np.shape(self.values)}."
             )
-        if not np.isfinite(coords).all():
-            raise ResultError(f"Tile map {self.name!r}: coordinates must be finite.")
-        if int(self.tile_size) < 1:
+        if coords.dtype.kind not in "fiu" or not np.isfinite(coords).all():
+            raise ResultError(f"Tile map {self.name!r}: coordinates must be finite numbers.")
+        if coords.dtype.kind == "f" and np.any(coords != np.round(coords)):
             raise ResultError(
-                f"Tile map {self.name!r}: tile_size must be ≥ 1, got {self.tile_size}."
+                f"Tile map {self.name!r}: coordinates must be whole level-0 pixels, got "
+                f"{coords[coords != np.round(coords)][0]!r}; round them where they were made."
             )
-        if self.mpp is not None and not self.mpp > 0:
+        if not np.isfinite(float(self.tile_size)) or float(self.tile_size) != int(
+            float(self.tile_size)
+        ) or int(self.tile_size) < 1:
+            raise ResultError(
+                f"Tile map {self.name!r}: tile_size must be a whole number ≥ 1 of level-0 px, "
+                f"got {self.tile_size}."
+            )
+        if self.mpp is not None and not (self.mpp > 0 and math.isfinite(self.mpp)):
             raise ResultError(f"Tile map {self.name!r}: mpp must be positive, got {self.mpp}.")
         coords = coords.astype(np.int64)
         coords.setflags(write=False)
@@ -87,82 +131,127 @@ class TileValues:
         return float(self.tile_size) ** 2
 
     def with_values(self, values: np.ndarray, name: str | None = None) -> TileValues:
-        return TileValues(
-            self.coords_xy,
-            self.tile_size,
-            values,
-            name or self.name,
-            self.scale,
-            self.mpp,
-            self.kind,
-        )
+        return replace(self, values=values, name=name or self.name)
+
+    def check_slide(self, slide) -> None:
+        """Raise :class:`ResultError` unless these values were computed on ``slide`` (content
+        hash and pixel size; values that do not name their slide are not compared)."""
+        check_same_slide(slide, name=self.slide_name, content_hash=self.slide_hash,
+                         mpp=self.mpp, what=f"The tile map {self.label!r}")
 
 
 def _kind(name: str) -> TileKind:
     return TileKind.ATTENTION if name.lower().startswith("attention") else TileKind.INSTANCE_SCORE
 
 
+_TABLE_HINT = ("Expected .npz with coords_xy/tile_size/<layer> arrays or .json with a 'maps' "
+               "list (see napari_mil.io.tile_maps).")
+_TEXT_KEYS = ("scale", "slide_name", "slide_hash")
+#: tiles per layer (as ``result_checks.MAX_TILES``) and bytes of a JSON table
+_MAX_TILES = 20_000_000
+_MAX_JSON_BYTES = 2 * 2**30
+
+
+def _text(arr: np.ndarray) -> str:
+    return str(arr.reshape(-1)[0]) if arr.size else ""
+
+
 def _load_npz(path: Path) -> list[TileValues]:
-    with np.load(path, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    mpp = float(arrays.pop("mpp")) if "mpp" in arrays else None
+    from .npz_members import npz_headers, read_members
+
+    members = npz_headers(path, ResultError, _TABLE_HINT)
+
+    def bad(key: str, why: str) -> ResultError:
+        return ResultError(f"{path}: {key!r} {why}. {_TABLE_HINT}")
+
+    for key, m in members.items():
+        base = key.partition("@")[0]
+        if key in _TEXT_KEYS or key == "mpp" or base == "tile_size":
+            if math.prod(m.shape) != 1 or (key in _TEXT_KEYS) != (m.dtype.kind == "U"):
+                raise bad(key, f"has shape {m.shape} {m.dtype}; expected one "
+                               f"{'text' if key in _TEXT_KEYS else 'number'}")
+        elif base == "coords_xy":
+            if len(m.shape) != 2 or m.shape[1] != 2 or m.shape[0] > _MAX_TILES \
+                    or m.dtype.kind not in "fiu":
+                raise bad(key, f"has shape {m.shape} {m.dtype}; expected (N, 2) numbers")
+        else:
+            suffix = key[len(base):]
+            coords = members.get(f"coords_xy{suffix}")
+            if coords is None or f"tile_size{suffix}" not in members:
+                raise ResultError(
+                    f"{path}: layer {key!r} has no coords_xy{suffix} / tile_size{suffix}."
+                )
+            if m.shape != (coords.shape[0],) or m.dtype.kind not in "fiub":
+                raise bad(key, f"has shape {m.shape} {m.dtype}; expected {coords.shape[0]} "
+                               "numbers (one per tile)")
+    arrays = read_members(path, list(members.values()), ResultError, _TABLE_HINT)
+    mpp = float(arrays.pop("mpp").reshape(-1)[0]) if "mpp" in arrays else None
     if mpp is not None and not np.isfinite(mpp):
         mpp = None
-    default_scale = str(arrays.pop("scale")) if "scale" in arrays else ""
+    text = {k: _text(arrays.pop(k)) for k in _TEXT_KEYS if k in arrays}
     out = []
     for key, arr in arrays.items():
         base, _, scale = key.partition("@")
         if base in ("coords_xy", "tile_size"):
             continue
         suffix = f"@{scale}" if scale else ""
-        if f"coords_xy{suffix}" not in arrays or f"tile_size{suffix}" not in arrays:
-            raise ResultError(
-                f"{path}: layer {key!r} has no coords_xy{suffix} / tile_size{suffix}."
-            )
         out.append(
             TileValues(
                 arrays[f"coords_xy{suffix}"],
-                int(arrays[f"tile_size{suffix}"]),
+                arrays[f"tile_size{suffix}"].reshape(-1)[0].item(),
                 arr,
                 name=base,
-                scale=scale or default_scale,
+                scale=scale or text.get("scale", ""),
                 mpp=mpp,
                 kind=_kind(base),
+                slide_name=text.get("slide_name") or None,
+                slide_hash=text.get("slide_hash") or None,
             )
         )
     return out
 
 
-def _load_json(path: Path) -> list[TileValues]:
-    doc = json.loads(path.read_text(encoding="utf-8"))
+def _load_json(path: Path, size: int) -> list[TileValues]:
+    if size > _MAX_JSON_BYTES:
+        raise ResultError(f"{path}: a JSON tile table of {size:,} bytes is too large; save it "
+                          "as .npz.")
+    try:
+        doc = without_lone_surrogates(json.loads(path.read_text(encoding="utf-8")))
+    except RecursionError:
+        raise ResultError(f"{path}: nests too deeply to be a tile table. {_TABLE_HINT}") from None
     mpp = doc.get("mpp")
     return [
         TileValues(
             np.asarray(m["coords_xy"]).reshape(-1, 2),
-            int(m["tile_size"]),
+            m["tile_size"],
             np.asarray(m["values"], dtype=np.float64),
             name=str(m.get("name", "scores")),
             scale=str(m.get("scale", "")),
             mpp=m.get("mpp", mpp),
             kind=m.get("kind") or _kind(str(m.get("name", ""))),
+            slide_name=doc.get("slide_name"),
+            slide_hash=doc.get("slide_hash"),
         )
         for m in doc["maps"]
     ]
 
 
 def load_tile_maps(path: PathLike) -> list[TileValues]:
-    """Read a tile table (``.npz`` or ``.json``, see the module docstring)."""
+    """Read a tile table (``.npz`` or ``.json``, see the module docstring); only regular files
+    are opened and ``.npz`` members are checked from their headers before they are inflated."""
+    from .regular_files import require_regular_file
+
     p = Path(path)
-    if not p.exists():
-        raise ResultError(f"{p}: no such file; give a result or tile table (.npz/.json).")
+    size = require_regular_file(
+        p, "tile table", ResultError, "Give a result or tile table (.npz/.json)."
+    )
     try:
-        maps = _load_npz(p) if p.suffix.lower() == ".npz" else _load_json(p)
+        maps = _load_npz(p) if p.suffix.lower() == ".npz" else _load_json(p, size)
     except ResultError:
         raise
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ResultError(
-            f"{p}: not a readable tile table ({type(exc).__name__}: {exc}); expected .npz with "
-            "coords_xy/tile_size/<layer> arrays or .json with a 'maps' list."
+            f"{p}: not a readable tile table ({type(exc).__name__}: {exc}). {_TABLE_HINT}"
         ) from None
     if not maps:
         raise ResultError(f"{p}: holds no value layers.")
@@ -173,9 +262,12 @@ def save_tile_maps(maps: Sequence[TileValues], path: PathLike, *, overwrite: boo
     """Write tile maps as ``.npz`` (same layout :func:`load_tile_maps` reads) or ``.json``."""
     p = Path(path)
     mpp = next((m.mpp for m in maps if m.mpp), None)
+    slide = {k: v for k in ("slide_name", "slide_hash")
+             if (v := next((getattr(m, k) for m in maps if getattr(m, k)), None))}
     if p.suffix.lower() == ".json":
         doc = {
             "mpp": mpp,
+            **slide,
             "maps": [
                 {
                     "name": m.name,
@@ -189,7 +281,8 @@ def save_tile_maps(maps: Sequence[TileValues], path: PathLike, *, overwrite: boo
             ],
         }
         return atomic_write_text(p, json.dumps(doc), overwrite=overwrite)
-    arrays: dict[str, np.ndarray] = {"mpp": np.float64(mpp if mpp else np.nan)}
+    arrays: dict[str, np.ndarray] = {"mpp": np.float64(mpp if mpp else np.nan),
+                                     **{k: np.str_(v) for k, v in slide.items()}}
     for m in maps:
         suffix = f"@{m.scale}" if m.scale else ""
         arrays[f"coords_xy{suffix}"] = m.coords_xy

@@ -293,8 +293,8 @@ class JpegTileLevel(TiledLevel):
         th, tw = self.tile_height, self.tile_width
         h, w = min(th, self.height - ty * th), min(tw, self.width - tx * tw)
         data = self.tile_bytes(ty, tx)
-        if not data:  # sparse tile: background
-            return np.full((h, w, 3), WHITE, np.uint8)
+        if not data:  # a tile of 0 bytes holds no image: damaged, not glass
+            return self.damaged_tile(ty, tx, ValueError("its byte count is 0: no data"))
         try:
             tile = self._decode(data, tables=self._tables, colorspace=self._colorspace,
                                 outcolorspace=self._outcolorspace)

@@ -124,6 +124,10 @@ def parse_annotations(
     return AnnotationSet(tuple(anns), report)
 
 
+#: larger annotation files are refused before reading (50,000 polygons as ASAP XML: 61 MB)
+MAX_ANNOTATION_BYTES = 2**30
+
+
 def read_annotations(
     path: PathLike,
     *,
@@ -138,7 +142,14 @@ def read_annotations(
     ``result.report``. With ``slide_dimensions=(w, h)`` (level 0), geometries far outside the
     slide count as bad.
     """
+    from ..regular_files import require_regular_file
+
     p = Path(path)
+    size = require_regular_file(p, "annotation file", AnnotationError)
+    if size > MAX_ANNOTATION_BYTES:
+        raise AnnotationError(
+            f"{p}: {size / 2**30:.1f} GiB is more than an annotation file holds (limit "
+            f"{MAX_ANNOTATION_BYTES / 2**30:.0f} GiB); split it or simplify its polygons.")
     try:
         data = p.read_bytes()
     except FileNotFoundError:

@@ -20,6 +20,7 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 
 from ...errors import AnnotationError
+from ..unicode_text import without_lone_surrogates
 from .model import (
     RGB,
     Annotation,
@@ -298,9 +299,12 @@ def parse_geojson(
     strict: bool = True,
     slide_dimensions: tuple[int, int] | None = None,
 ) -> tuple[list[Annotation], list[SkippedItem]]:
-    """Parse QuPath GeoJSON text into annotations (+ skipped items when not strict)."""
+    """Parse QuPath GeoJSON text into annotations (+ skipped items when not strict).
+
+    Lone UTF-16 surrogates (``"\\ud800"`` escapes) in names and properties become U+FFFD, so
+    what is read can always be written back as UTF-8."""
     try:
-        doc = json.loads(text)
+        doc = without_lone_surrogates(json.loads(text))
     except json.JSONDecodeError as exc:
         raise AnnotationError(
             f"{source}: malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}."
