@@ -87,23 +87,24 @@ def test_no_matching_slides_is_a_usage_error(tmp_path, capsys):
     assert "No slides match" in capsys.readouterr().err
 
 
-def test_slides_sharing_a_name_are_refused_before_any_work(tmp_path, make_slide):
-    from napari_mil.batch import check_unique_keys
-    from napari_mil.errors import ConfigError
+def test_slides_sharing_a_name_get_distinct_stable_folders(tmp_path, make_slide):
+    from napari_mil.batch import output_keys
 
     a = make_slide("x.svs", size=(512, 512))
     (tmp_path / "other").mkdir()
-    b = tmp_path / "other" / "x.svs"
+    b = tmp_path / "other" / "X.svs"  # the same name on a case-insensitive file system
     b.write_bytes(a.read_bytes())
-    with pytest.raises(ConfigError, match="share the output folder"):
-        check_unique_keys([a, b])
-    check_unique_keys([a, a])  # the same file twice is fine
+    keys = output_keys([a, b])
+    assert len(set(keys.values())) == 2 and all(k.lower().startswith("x-") for k in keys.values())
+    assert output_keys([b, a]) == keys  # the same folders whatever the order
+    assert output_keys([a, a]) == {a.resolve(): "x"}  # the same file twice is one slide
 
 
 def test_a_worker_loads_the_checkpoint_once_for_many_slides(cohort, monkeypatch):
     import napari_mil.features.registry as registry
     import napari_mil.models.checkpoint as checkpoint
-    from napari_mil.batch import _extractor_once, _load_model_once, process_slide
+    from napari_mil.batch import process_slide
+    from napari_mil.batch.worker import _extractor_once, _load_model_once
 
     tmp_path, slides, _bad, ckpt = cohort
     loads = []
@@ -143,10 +144,10 @@ def test_rerun_keeps_complete_outputs_and_clears_leftover_temp_files(cohort):
     # a task dask runs again after its worker died keeps what is complete
     again = process_slide(str(slides[0]), str(ckpt), str(out), settings)
     assert again.status == "ok" and (d / "result.npz").stat().st_mtime_ns == stamp
-    # a killed attempt left temp files and no done.json: the rerun starts clean
+    # a killed attempt left its marker, temp files and no done.json: the rerun starts clean
     (d / ".result.npz.x1y2.tmp").write_bytes(b"half")
     (d / ".heatmap.ome.tif.k9.tmp").write_bytes(b"half")
-    (d / "done.json").unlink()
+    (d / "done.json").rename(d / ".attempt.json")
     assert process_slide(str(slides[0]), str(ckpt), str(out), settings).status == "ok"
     assert is_complete(d) and not list(d.glob(".*.tmp"))
     assert (d / "result.npz").stat().st_mtime_ns != stamp

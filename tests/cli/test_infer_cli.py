@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 
@@ -18,7 +19,7 @@ def _rows(out):
 
 
 @pytest.mark.slow
-def test_infer_cache_dir_and_extractor_override(tmp_path, make_slide, monkeypatch):
+def test_infer_cache_dir_and_extractor_override(tmp_path, make_slide, monkeypatch, capsys):
     torch = pytest.importorskip("torch")
     from napari_mil.models.checkpoint import make_card, save_model
     from napari_mil.models.registry import create_model
@@ -37,14 +38,23 @@ def test_infer_cache_dir_and_extractor_override(tmp_path, make_slide, monkeypatc
         assert main(["infer", *base, "-o", str(tmp_path / "a"), "--cache-dir", str(cache)]) == 0
         assert is_complete(tmp_path / "a" / slide_key(slide))
         assert list(cache.rglob("*.zarr")), "features were not cached in --cache-dir"
-        assert not default_cache.exists()
+        assert not (default_cache / "features").exists()
 
         assert main(["infer", *base, "-o", str(tmp_path / "b"), "--no-cache"]) == 0
-        assert not default_cache.exists()
+        assert not (default_cache / "features").exists()
 
-        # an extractor the model was not trained with: the override reaches run_slide
-        assert main(["infer", *base, "-o", str(tmp_path / "c"), "--extractor", "cnn-20x"]) == 1
-        (row,) = _rows(tmp_path / "c")
-        assert row["status"] == "failed"
-        assert "CheckpointError" in row["error"] and "'cnn-20x'" in row["error"]
-        assert "'cnn'" in row["error"]
+        # an extractor the model was not trained with is refused before any slide starts
+        assert main(["infer", *base, "-o", str(tmp_path / "c"), "--extractor", "cnn-20x"]) == 2
+        err = capsys.readouterr().err
+        assert "'cnn-20x'" in err and "'cnn'" in err
+        assert not (tmp_path / "c" / "summary.csv").exists()
+
+        # a fitting extractor file: the override reaches the workers and is recorded
+        from napari_mil.features.registry import create_extractor, save_extractor
+
+        ex = create_extractor("cnn", device="cpu")
+        ex_file = save_extractor(ex.module, ex.card, tmp_path / "mine.safetensors")
+        assert main(["infer", *base, "-o", str(tmp_path / "d"), "--extractor", str(ex_file)]) == 0
+        done = json.loads((tmp_path / "d" / slide_key(slide) / "done.json").read_text())
+        assert done["recipe"]["extractor"]["ref"] == str(ex_file.resolve())
+        assert len(done["recipe"]["extractor"]["sha"]) == 64

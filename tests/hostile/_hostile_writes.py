@@ -186,7 +186,9 @@ def _op(name: str, ctx: dict, out: Path):
     elif name == "annotations_asap":
         write_annotations(ctx["anns"], out / "annotations.xml", format="asap", overwrite=True)
     elif name == "batch_summary":
-        outcomes = run_cohort(ctx["fakes"], ctx["ckpt"], out)
+        # overwrite: the seeded done.json files record no recipe, which a plain rerun refuses
+        # up front (before summary.csv is written)
+        outcomes = run_cohort(ctx["fakes"], ctx["ckpt"], out, overwrite=True)
         return {"statuses": sorted({str(o.status) for o in outcomes})}
     elif name == "batch_done":
         o = process_slide(str(ctx["inputs"] / "slide.svs"), str(ctx["ckpt"]), str(out),
@@ -202,7 +204,7 @@ def _op(name: str, ctx: dict, out: Path):
         entry = FeatureCache(out / "cache").open(CacheKey("a" * 24, "fp", "grid"),
                                                  coords_xy=coords, dim=8)
         entry.add(np.arange(n), np.ones((n, 8), np.float32))
-        entry.flush()
+        entry.close()
         return {"committed": entry.n_done}
     else:
         raise KeyError(name)

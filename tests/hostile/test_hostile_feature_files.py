@@ -223,7 +223,7 @@ def cache(tmp_path):
     cache = FeatureCache(tmp_path / "cache")
     entry = cache.open(KEY, coords_xy=_coords(), dim=DIM)
     entry.add(np.arange(N), np.arange(N * DIM, dtype=np.float32).reshape(N, DIM))
-    entry.flush()
+    entry.close()
     assert cache.load(KEY) is not None
     return cache
 
@@ -238,7 +238,7 @@ def _reopen_and_rebuild(cache, words):
     assert entry.n_done == 0  # rebuilt from scratch
     feats = np.full((N, DIM), 7, np.float32)
     entry.add(np.arange(N), feats)
-    entry.flush()
+    entry.close()
     loaded, _ = cache.load(KEY)
     np.testing.assert_array_equal(loaded, feats)
 

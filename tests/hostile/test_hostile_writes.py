@@ -137,7 +137,7 @@ def test_feature_cache_fault_is_a_clear_error_and_the_cache_recovers(mode, reque
         warnings.simplefilter("ignore")
         entry = cache.open(key, coords_xy=coords, dim=8)
     entry.add(np.arange(n), np.full((n, 8), 2.0, np.float32))
-    entry.flush()
+    entry.close()
     feats, _meta = cache.load(key)
     assert feats.shape == (n, 8) and np.all(feats == 2.0)
 
@@ -152,7 +152,7 @@ def test_enospc_inside_atomic_write_says_disk_full_and_cleans_up(tmp_path):
         tmp.write_text("partial")
         with open("/dev/full", "wb") as full:  # a real ENOSPC from the kernel
             full.write(b"x" * 65536)
-            full.flush()
+            full.close()
     assert isinstance(info.value.__cause__, OSError)
     assert info.value.__cause__.errno == errno.ENOSPC
     assert str(target) in str(info.value)

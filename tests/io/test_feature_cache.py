@@ -47,7 +47,7 @@ def test_write_in_any_order_then_load(tmp_path, monkeypatch):
     order = np.array([7, 2, 9, 0, 1, 3, 8, 4, 5, 6])
     for chunk in np.array_split(order, 4):
         entry.add(chunk, feats[chunk])
-    entry.flush()
+    entry.close()
     assert entry.complete
     loaded, meta = cache.load(KEY)
     np.testing.assert_array_equal(loaded, feats)
@@ -59,7 +59,7 @@ def test_partial_entry_resumes(tmp_path):
     feats = np.ones((6, 2), np.float32)
     entry = cache.open(KEY, coords_xy=_coords(6), dim=2)
     entry.add(np.array([4, 1]), feats[[4, 1]] * 3)
-    entry.flush()
+    entry.close()
     again = cache.open(KEY, coords_xy=_coords(6), dim=2)
     assert again.done.tolist() == [False, True, False, False, True, False]
     np.testing.assert_array_equal(again.features[[1, 4]], 3 * feats[:2])
@@ -70,7 +70,7 @@ def test_damaged_attributes_or_coords_are_rebuilt(tmp_path):
     cache = FeatureCache(tmp_path)
     entry = cache.open(KEY, coords_xy=_coords(4), dim=2)
     entry.add(np.arange(4), np.ones((4, 2), np.float32))
-    entry.flush()
+    entry.close()
     meta_file = cache.path_for(KEY) / "zarr.json"
     doc = json.loads(meta_file.read_text())
     doc["attributes"]["blocks"][0][2] += 1  # checksum no longer matches
@@ -80,7 +80,7 @@ def test_damaged_attributes_or_coords_are_rebuilt(tmp_path):
     assert fresh.n_done == 0
     # a different grid under the same key (should never happen) is not trusted either
     fresh.add(np.arange(4), np.ones((4, 2), np.float32))
-    fresh.flush()
+    fresh.close()
     with pytest.warns(FeatureCacheWarning, match="coordinates differ"):
         other = cache.open(KEY, coords_xy=_coords(4) + 1, dim=2)
     assert other.n_done == 0

@@ -212,7 +212,7 @@ def extract_features(
     finally:
         batches.close()
         if entry is not None:
-            entry.flush()
+            entry.close()  # writes what is buffered, releases the entry lock
     return result(feats)
 
 

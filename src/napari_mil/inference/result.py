@@ -115,6 +115,11 @@ class SlideResult:
     #: (level-0 px), "skipped_patches": {scale: n}, "skipped_coords_xy": {scale: [[x, y], ...]}}``;
     #: empty when every tile decoded
     slide_damage: Mapping[str, Any] = field(default_factory=dict)
+    #: what made the result beyond the cards, filled by cohort runs (``batch``):
+    #: ``{"slide": {"sha", "algorithm", "path", "size", "mtime_ns", ...} (the hash of the whole
+    #: slide file), "recipe": {"checkpoint": {"path", "sha"}, "extractor": {"ref", "sha"},
+    #: "settings": {...}}, "extractor_fingerprint": str}``; empty for interactive runs
+    provenance: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         probs = np.asarray(self.probabilities, dtype=np.float32).reshape(-1)
@@ -194,6 +199,7 @@ class SlideResult:
             "created_utc": self.created_utc,
             "complete": self.complete,
             "slide_damage": dict(self.slide_damage),
+            "provenance": dict(self.provenance),
             "scales": {
                 name: {"scale": sm.scale.to_dict(), "tile_size_level0": sm.tile_size_level0,
                        "extras": sorted(sm.extras)}
@@ -235,6 +241,12 @@ def _json_default(obj):
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _provenance(meta: dict) -> dict:
+    """The ``provenance`` block of a result's header (a mapping; ``{}`` when absent)."""
+    value = meta.get("provenance")
+    return dict(value) if isinstance(value, dict) else {}
 
 
 def load_result(path: PathLike) -> SlideResult:
@@ -298,6 +310,7 @@ def load_result(path: PathLike) -> SlideResult:
             elapsed_s=float(meta.get("elapsed_s", 0.0)), created_utc=meta.get("created_utc", ""),
             complete=bool(meta.get("complete", True)),
             slide_damage=meta.get("slide_damage") or {},
+            provenance=_provenance(meta),
         )
     except ResultError:
         raise

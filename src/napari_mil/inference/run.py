@@ -17,10 +17,16 @@ Tiles of the slide that cannot be decoded read as grey placeholders (see
 :mod:`napari_mil.io.slide`): patches read over one are left out of the bag (bag and concentric
 layouts; ZoomMIL only records them), a progress message says how many, and
 ``SlideResult.slide_damage`` lists the damaged tiles and the skipped patches.
+
+Before any pixel is read, a card whose patches would cut the slide into more than
+:data:`MAX_LATTICE_TILES` tiles at one scale (e.g. ``patch_size_px: 1``) is refused
+(:func:`check_tile_budget`); after the forward pass, NaN or infinite probabilities, instance
+scores or attention (NaN weights, float64 overflow) are a :class:`ModelError`, never a class.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
@@ -38,7 +44,13 @@ from ..tiling.tissue import TissueMask, TissueParams
 from .model_input import model_features
 from .result import ScaleMap, SlideResult
 
-__all__ = ["RunStage", "RunSettings", "RunProgress", "run_slide", "analyze_slide", "input_layout"]
+__all__ = ["RunStage", "RunSettings", "RunProgress", "run_slide", "analyze_slide", "input_layout",
+           "check_card_scales", "check_tile_budget", "MAX_LATTICE_TILES", "MIN_PATCH_PX"]
+
+#: tiles of one scale's lattice over the whole slide beyond which a run is refused up front
+MAX_LATTICE_TILES = 2_000_000
+#: the smallest patch (px at the scale's magnification) a model card may ask for
+MIN_PATCH_PX = 8
 
 
 class RunStage(StrEnum):
@@ -78,6 +90,13 @@ class RunSettings:
             raise ConfigError(f"batch_size must be ≥ 1, got {self.batch_size!r}.")
         if int(self.num_workers) < 1:
             raise ConfigError(f"num_workers must be ≥ 1, got {self.num_workers!r}.")
+        try:
+            frac = float(self.min_tissue)
+        except (TypeError, ValueError):
+            frac = math.nan
+        if not 0.0 <= frac <= 1.0:  # NaN fails too
+            raise ConfigError(f"min_tissue is the tissue fraction a tile needs, between 0 and "
+                              f"1; got {self.min_tissue!r}.")
         if self.viewport_xywh is not None and len(self.viewport_xywh) != 4:
             raise ConfigError("viewport_xywh must be (x, y, width, height) in level-0 pixels.")
 
@@ -137,6 +156,48 @@ def _resolve_extractor(model, extractor, device):
     if isinstance(extractor, (str, Path)):
         extractor = create_extractor(extractor, device=device)
     return extractor
+
+
+def check_card_scales(card) -> None:
+    """Refuse a model card whose patches are too small to describe tissue (ConfigError)."""
+    for scale in card.scales:
+        if int(scale.patch_size_px) < MIN_PATCH_PX:
+            raise ConfigError(
+                f"The model card asks for {scale.patch_size_px}-px patches at {scale.name}: "
+                f"patches under {MIN_PATCH_PX} px cannot hold tissue structure and would cut a "
+                "slide into millions of tiles. Fix patch_size_px in the card (usually 224 or "
+                "256) and save the checkpoint again.")
+
+
+def check_tile_budget(slide, scales) -> None:
+    """Refuse, before tiling, scales that would cut ``slide`` into more than
+    :data:`MAX_LATTICE_TILES` tiles (counted from the slide size, the scale's mpp and patch
+    size; ConfigError)."""
+    w, h = slide.dimensions
+    for scale in scales:
+        step = float(scale.patch_size_px) * float(scale.mpp) / float(slide.mpp)  # level-0 px
+        n = math.ceil(w / step) * math.ceil(h / step) if step > 0 else math.inf
+        if n > MAX_LATTICE_TILES:
+            raise ConfigError(
+                f"{slide.name}: {scale.patch_size_px}-px patches at {scale.name} would cut this "
+                f"{w:,} × {h:,} px slide into {n:,} tiles (the limit is {MAX_LATTICE_TILES:,}). "
+                "The model card's patch size or mpp is wrong: fix it and save the checkpoint "
+                "again.")
+
+
+def _check_finite(probs: np.ndarray, maps: Mapping[str, ScaleMap], model) -> None:
+    """NaN or infinite outputs are a ModelError: argmax would report them as class 0."""
+    bad = [] if np.isfinite(probs).all() else ["probabilities"]
+    for name, sm in maps.items():
+        for what in ("instance_scores", "attention"):
+            arr = getattr(sm, what)
+            if arr is not None and not np.isfinite(arr).all():
+                bad.append(f"{what.replace('_', ' ')} at {name}")
+    if bad:
+        raise ModelError(
+            f"{model.card.architecture} produced NaN or infinite {', '.join(bad)}: its weights "
+            "hold NaN or values that overflow (e.g. 1e300 stored as float64). No class is "
+            "reported; use an intact checkpoint.")
 
 
 def _check_extractor(model, extractor) -> None:
@@ -457,6 +518,8 @@ def run_slide(slide, model, *, extractor=None,
         )
     t0 = time.perf_counter()
     device = resolve_device(settings.device)
+    check_card_scales(model.card)
+    check_tile_budget(slide, model.card.scales)
     model = model.to(device).eval()
     tissue = yield from _tile_stage(slide, settings)
     layout = input_layout(model)
@@ -480,6 +543,7 @@ def run_slide(slide, model, *, extractor=None,
     else:
         maps, probs, ex_card = yield from _run_pyramid(slide, model, tissue, extractor,
                                                        settings, device, damage)
+    _check_finite(probs, maps, model)
     card = model.card
     class_names = card.class_names
     if len(probs) == 1 and len(class_names) == 2:  # one sigmoid logit for a binary task

@@ -13,16 +13,24 @@ Layout of ``<root>/<slide hash>/<extractor fingerprint>-<grid hash>.zarr``:
 
 An interrupted extraction resumes from the committed rows. On opening, every block is
 checked against its CRC: a damaged or inconsistent store is rebuilt, with a warning.
+
+Each entry has one writer at a time: :meth:`FeatureCache.open` takes an exclusive lock
+(``<entry>.zarr.lock`` beside it) that the entry holds until :meth:`FeatureCacheEntry.close`
+(or until it is garbage-collected, or its process dies). A second process that opens the same
+entry meanwhile is not blocked: it computes its features in memory, with a warning, and
+writes nothing to the cache.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
 import warnings
+import weakref
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +40,7 @@ import numpy as np
 
 from .._types import PathLike
 from ..errors import FeatureError
+from .locks import LockBusy, exclusive_lock
 
 __all__ = [
     "CACHE_ENV_VAR",
@@ -108,6 +117,20 @@ class FeatureCacheEntry:
         self._blocks = blocks
         self._pending_idx: list[np.ndarray] = []
         self._pending_feat: list[np.ndarray] = []
+        self._hold = contextlib.ExitStack()  # the entry's writer lock (see FeatureCache.open)
+        weakref.finalize(self, self._hold.close)
+
+    @property
+    def in_memory_only(self) -> bool:
+        """True when nothing is written to disk (another process holds the entry)."""
+        return self._group is None
+
+    def close(self) -> None:
+        """Write what is buffered and release the entry's writer lock (idempotent)."""
+        try:
+            self.flush()
+        finally:
+            self._hold.close()
 
     @property
     def complete(self) -> bool:
@@ -138,7 +161,7 @@ class FeatureCacheEntry:
         ``whole_chunks`` writes only up to the last full zarr chunk and keeps the rest
         buffered, so that steady-state commits never rewrite a chunk.
         """
-        if not self._pending_idx:
+        if not self._pending_idx or self._group is None:
             return
         idx = np.concatenate(self._pending_idx)
         feats = np.concatenate(self._pending_feat)
@@ -191,9 +214,37 @@ class FeatureCache:
 
     def open(self, key: CacheKey, *, coords_xy: np.ndarray, dim: int,
              meta: dict[str, Any] | None = None) -> FeatureCacheEntry:
-        """Resume the entry for ``key`` or create it; a damaged entry is rebuilt (warning)."""
+        """Resume the entry for ``key`` or create it; a damaged entry is rebuilt (warning).
+
+        The entry holds the entry's writer lock until it is closed; when another process
+        holds it, the entry returned keeps its features in memory only (warning).
+        """
         coords = np.ascontiguousarray(np.asarray(coords_xy, dtype=np.int64).reshape(-1, 2))
         path = self.path_for(key)
+        hold = contextlib.ExitStack()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            hold.enter_context(exclusive_lock(path.with_name(path.name + ".lock")))
+        except LockBusy as busy:
+            warnings.warn(f"Feature cache entry {path} is being written by {busy.holder}; "
+                          "these features are computed in memory and not cached.",
+                          FeatureCacheWarning, stacklevel=2)
+            n = len(coords)
+            return FeatureCacheEntry(path, None, n, dim, features=np.full((n, dim), np.nan,
+                                                                          np.float32),
+                                     done=np.zeros(n, bool), committed=0, blocks=[])
+        except OSError:
+            pass  # an unwritable cache folder: _create says so
+        try:
+            entry = self._open_locked(path, key, coords, dim, meta)
+        except BaseException:
+            hold.close()
+            raise
+        entry._hold.enter_context(hold.pop_all())
+        return entry
+
+    def _open_locked(self, path: Path, key: CacheKey, coords: np.ndarray, dim: int,
+                     meta: dict[str, Any] | None) -> FeatureCacheEntry:
         if path.exists():
             try:
                 state = self._read(path, key, coords=coords, dim=dim)

@@ -71,8 +71,6 @@ __all__ = ["Slide", "open_slide", "content_fingerprint", "MissingMppWarning",
 
 #: bytes of decoded tiles kept per slide (all levels together)
 TILE_CACHE_BYTES = 32 * 2**20
-#: bytes sampled at the start, middle and end of the file by :func:`content_fingerprint`
-HASH_SAMPLE_BYTES = 1 * 2**20
 #: tiles decoded per native level to decide whether every tile is damaged
 DAMAGE_PROBE_TILES = 256
 
@@ -133,25 +131,12 @@ class _DamagedTiles:
             return len(self._tiles)
 
 
-def content_fingerprint(path: PathLike, extra: str = "") -> str:
-    """A fast content fingerprint (sha256 hex) of a slide file.
+def content_fingerprint(path: PathLike) -> str:
+    """The hash (hex) of the whole content of a slide file; see :mod:`napari_mil.io.identity`
+    (cached by path, size, times and inode, so each version of a file is read once)."""
+    from .identity import file_identity
 
-    Hashes the file size, 1 MiB at the start, the middle and the end of the file, and
-    ``extra`` (key metadata: dimensions, levels). This reads ≤ 3 MiB whatever the slide size,
-    yet changes whenever the file is rewritten, truncated or re-encoded in practice (TIFF
-    headers, tile offsets and the trailing IFDs all fall in the sampled ranges). It is meant
-    for cache keys and provenance, not for security.
-    """
-    p = Path(path)
-    size = p.stat().st_size
-    h = hashlib.sha256(b"napari-mil-content-v1\0")
-    h.update(str(size).encode() + b"\0" + extra.encode() + b"\0")
-    with open(p, "rb") as f:
-        for start in sorted({0, max(0, size // 2 - HASH_SAMPLE_BYTES // 2),
-                             max(0, size - HASH_SAMPLE_BYTES)}):
-            f.seek(start)
-            h.update(f.read(HASH_SAMPLE_BYTES))
-    return h.hexdigest()
+    return file_identity(path).sha
 
 
 class _AssociatedImages(Mapping[str, np.ndarray]):
@@ -246,12 +231,19 @@ class Slide:
         self.level_count = len(readers)
         self.level_dimensions = tuple((r.width, r.height) for r in readers)
         self.level_downsamples = tuple(float(d) for d in native_ds)
-        native_dims = self.level_dimensions[: self.native_level_count]
-        self.content_hash = content_fingerprint(self.path, extra=f"{self.dimensions}|{native_dims}")
-        # graph names: content + this open slide (two open copies never share dask keys)
-        tag = f"{self.content_hash[:12]}-{id(self):x}"
+        self._content_hash: str | None = None  # hashed on first use (reads the whole file)
+        # graph names: this file + this open slide (two open copies never share dask keys)
+        tag = f"{hashlib.blake2b(str(self.path).encode(), digest_size=6).hexdigest()}-{id(self):x}"
         self.pyramid = [_pyr.level_to_dask(r, f"napari-mil-{tag}-level{i}")
                         for i, r in enumerate(readers)]
+
+    @property
+    def content_hash(self) -> str:
+        """The hash of the slide file's whole content (computed on first use, then cached
+        for this file version: see :mod:`napari_mil.io.identity`)."""
+        if self._content_hash is None:
+            self._content_hash = content_fingerprint(self.path)
+        return self._content_hash
 
     # ------------------------------------------------------------------ backends
     def _open_backend(self):

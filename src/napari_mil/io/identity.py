@@ -1,0 +1,180 @@
+"""The content identity of a file: a hash of every byte, computed once per file version.
+
+:func:`file_identity` hashes the **whole** file (an in-place edit anywhere changes it; a
+sampled hash does not) with BLAKE2b as a two-level tree: 64 MiB leaves hashed in a few
+threads (hashlib releases the GIL), then the leaf digests and the size hashed into the root.
+The result is cached by the file's *stamp* — resolved path, size, modification and change
+times (ns), inode and device — in memory and on disk (``<cache root>/identity/``, the folder
+beside the feature cache), so each version of a slide is read once: a rerun over a cohort
+hashes nothing that did not change. Restoring a modification time (``touch -d``) does not
+fool the stamp, because that changes the change time.
+
+The hash is for identity (caches, provenance, matching a result to its slide), not security.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import stat
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .._types import PathLike
+from ..errors import NapariMilError, SlideError
+
+__all__ = ["FileStamp", "FileIdentity", "file_identity", "file_stamp", "IDENTITY_ALGORITHM"]
+
+log = logging.getLogger(__name__)
+
+#: names the hash scheme; part of every cached entry and of provenance records
+IDENTITY_ALGORITHM = "blake2b-tree-64MiB-v1"
+LEAF_BYTES = 64 * 2**20
+READ_BYTES = 4 * 2**20
+HASH_THREADS = 4
+_MEMORY: dict[FileStamp, str] = {}
+_MEMORY_LOCK = threading.Lock()
+_MEMORY_MAX = 4096
+
+
+@dataclass(frozen=True)
+class FileStamp:
+    """What identifies one version of a file without reading it."""
+
+    path: str  # resolved
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    inode: int
+    device: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def cache_name(self) -> str:
+        text = json.dumps([IDENTITY_ALGORITHM, *asdict(self).values()])
+        return hashlib.blake2b(text.encode(), digest_size=16).hexdigest() + ".json"
+
+
+@dataclass(frozen=True)
+class FileIdentity:
+    """A file version (its stamp) and the hash of its whole content."""
+
+    stamp: FileStamp
+    sha: str  # hex, 64 characters
+
+    def to_dict(self) -> dict:
+        return {"sha": self.sha, "algorithm": IDENTITY_ALGORITHM, **self.stamp.to_dict()}
+
+
+def file_stamp(path: PathLike) -> FileStamp:
+    """The stamp of ``path`` (``OSError`` when it cannot be read or is not a regular file:
+    a pipe or a device would never end)."""
+    p = Path(path).resolve(strict=True)
+    st = p.stat()
+    if not stat.S_ISREG(st.st_mode):
+        raise OSError(f"{p} is not a regular file")
+    return FileStamp(str(p), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+
+
+def _default_root() -> Path | None:
+    try:
+        from .feature_cache import default_cache_dir
+
+        return default_cache_dir().parent / "identity"
+    except Exception:  # no cache folder can be named here: memory only  # noqa: BLE001
+        return None
+
+
+def _leaf(path: str, start: int, stop: int) -> bytes:
+    h = hashlib.blake2b(digest_size=32)
+    with open(path, "rb") as fh:  # one handle per leaf: threads never share a position
+        fh.seek(start)
+        pos = start
+        while pos < stop:
+            chunk = fh.read(min(READ_BYTES, stop - pos))
+            if not chunk:
+                raise OSError(f"the file ended at byte {pos} while it was being read")
+            h.update(chunk)
+            pos += len(chunk)
+    return h.digest()
+
+
+def _hash_file(path: str, size: int) -> str:
+    starts = list(range(0, size, LEAF_BYTES)) or [0]
+    if len(starts) == 1:
+        leaves = [_leaf(path, 0, size)]
+    else:
+        with ThreadPoolExecutor(min(HASH_THREADS, len(starts)),
+                                thread_name_prefix="identity") as pool:
+            leaves = list(pool.map(lambda s: _leaf(path, s, min(size, s + LEAF_BYTES)), starts))
+    root = hashlib.blake2b(digest_size=32, person=b"napari-mil-id")
+    root.update(size.to_bytes(8, "little"))
+    for leaf in leaves:
+        root.update(leaf)
+    return root.hexdigest()
+
+
+def _read_disk(root: Path | None, stamp: FileStamp) -> str | None:
+    if root is None:
+        return None
+    try:
+        data = json.loads((root / stamp.cache_name()).read_text())
+        if data.get("algorithm") == IDENTITY_ALGORITHM and data.get("stamp") == stamp.to_dict():
+            sha = str(data["sha"])
+            if len(sha) == 64 and all(c in "0123456789abcdef" for c in sha):
+                return sha
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    return None
+
+
+def _write_disk(root: Path | None, stamp: FileStamp, sha: str) -> None:
+    if root is None:
+        return
+    from .atomic import atomic_write_text
+
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(root / stamp.cache_name(), json.dumps(
+            {"algorithm": IDENTITY_ALGORITHM, "stamp": stamp.to_dict(), "sha": sha}),
+            overwrite=True)
+    except Exception as exc:  # a read-only cache only costs a rehash next time  # noqa: BLE001
+        log.debug("identity cache not written (%s)", exc)
+
+
+def file_identity(path: PathLike, *, cache_dir: PathLike | None | bool = None,
+                  error: type[NapariMilError] = SlideError) -> FileIdentity:
+    """The identity of ``path``: its stamp and the hash of its whole content (cached).
+
+    ``cache_dir``: the on-disk cache folder (default: ``identity/`` beside the feature cache;
+    ``False``: memory only). Raises ``error`` (:class:`SlideError`) when the file cannot be
+    read or keeps changing while it is hashed.
+    """
+    root = (None if cache_dir is False else
+            _default_root() if cache_dir is None or cache_dir is True else Path(cache_dir))
+    try:
+        for _attempt in range(3):
+            stamp = file_stamp(path)
+            with _MEMORY_LOCK:
+                sha = _MEMORY.get(stamp)
+            if sha is None:
+                sha = _read_disk(root, stamp)
+            if sha is None:
+                sha = _hash_file(stamp.path, stamp.size)
+                if file_stamp(path) != stamp:  # written to while we read it: read it again
+                    continue
+                _write_disk(root, stamp, sha)
+            with _MEMORY_LOCK:
+                if len(_MEMORY) >= _MEMORY_MAX:
+                    _MEMORY.clear()
+                _MEMORY[stamp] = sha
+            return FileIdentity(stamp, sha)
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python < 3.13)
+        raise error(f"Cannot read {path} to identify its content: {exc}. Check that the "
+                         "file exists and is readable.") from exc
+    raise error(f"{path} kept changing while it was read: wait until it is completely "
+                     "copied, then try again.")
