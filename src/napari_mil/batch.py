@@ -12,7 +12,10 @@ Each worker process keeps the models it loaded (:func:`load_model_cached`, keyed
 path, modification time, size and device) and the patch embedders it built
 (:func:`extractor_cached`), so a worker analysing many slides reads the checkpoint and builds
 the embedder once. ``settings`` may name an ``extractor`` (a registered name or a model file) to
-use instead of the one in the model card; the other keys are :class:`RunSettings` fields.
+use instead of the one in the model card, or ``features`` (``{"source": folder or file,
+"patch_size", "patch_level"}``: pre-extracted CLAM/TRIDENT features matched to each slide by
+name and checked, see :mod:`napari_mil.features.match`); the other keys are
+:class:`RunSettings` fields.
 """
 
 from __future__ import annotations
@@ -198,6 +201,7 @@ def process_slide(slide_path: str, checkpoint: str, out_dir: str,
     slide_dir = Path(out_dir) / slide_key(slide_path)
     settings = dict(settings or {})
     extractor = settings.pop("extractor", None)
+    feature_source = settings.pop("features", None)  # pre-extracted: {"source", "patch_size", …}
     if not overwrite and is_complete(slide_dir):
         return _outcome_from_done(slide_path, slide_dir, SlideStatus.OK)
     try:
@@ -207,8 +211,14 @@ def process_slide(slide_path: str, checkpoint: str, out_dir: str,
         with open_slide(slide_path) as slide:
             device = str(settings.get("device", "cpu"))
             model = load_model_cached(checkpoint, device)
-            result = analyze_slide(slide, model, settings=run_settings,
-                                   extractor=extractor_cached(model, extractor, device))
+            if feature_source:
+                from .features.match import read_slide_features
+
+                features = read_slide_features(slide, scales=model.card.scales, **feature_source)
+                result = analyze_slide(slide, model, settings=run_settings, features=features)
+            else:
+                result = analyze_slide(slide, model, settings=run_settings,
+                                       extractor=extractor_cached(model, extractor, device))
             result.save(slide_dir / "result.npz")
             maps = result.tile_values()
             write_tiles_csv(maps, slide_dir / "tiles.csv")
