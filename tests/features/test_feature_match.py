@@ -138,8 +138,8 @@ def test_clam_needs_patch_size_and_level_and_tiles_on_the_slides_tissue(
     # CLAM cuts patches of patch_size at the level: 256 px at level 1 span 1024 level-0 px
     lvl1 = np.array([[x, y] for x in range(0, 3072 - 1023, 1024)
                      for y in range(0, 2048 - 1023, 1024)], np.int64)
-    clam = _raw_h5(tmp_path / "clam" / "h5_files" / "scan.h5",
-                   np.ones((len(lvl1), DIM), np.float32), lvl1)
+    _raw_h5(tmp_path / "clam" / "h5_files" / "scan.h5",
+            np.ones((len(lvl1), DIM), np.float32), lvl1)
     with pytest.raises(FeatureError, match="--patch-size and --patch-level"):
         read_slide_features(scanner_slide, tmp_path / "clam", tissue=tissue)
     for verb in ("infer", "extract"):  # the flags the message names exist

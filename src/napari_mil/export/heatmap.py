@@ -115,7 +115,8 @@ def rasterize_tile_values(
     else:
         d = float(downsample) if downsample is not None else s
     if not (math.isfinite(d) and d > 0):
-        raise ExportError(f"Heatmap pixel size must be positive, got {pixel_size_um or downsample}.")
+        raise ExportError(
+            f"Heatmap pixel size must be positive, got {pixel_size_um or downsample}.")
     if np.any(tv.coords_xy < 0):
         raise ExportError("Tiles with negative coordinates cannot be aligned to level 0.")
     extent = _extent_px(tv, slide_dimensions)

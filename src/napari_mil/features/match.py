@@ -112,8 +112,9 @@ def check_identity(fs: FeatureSet, slide: Slide) -> None:
         try:
             size = (int(attrs["level0_width"]), int(attrs["level0_height"]))
         except (TypeError, ValueError):
-            raise FeatureError(f"{_where(fs)}: level0_width/height are not numbers "
-                               f"({attrs['level0_width']!r}, {attrs['level0_height']!r}).") from None
+            raise FeatureError(
+                f"{_where(fs)}: level0_width/height are not numbers ({attrs['level0_width']!r}, "
+                f"{attrs['level0_height']!r}).") from None
         if size != tuple(slide.dimensions):
             problems.append(f"their slide was {size[0]} × {size[1]} px at level 0, this one is "
                             f"{slide.dimensions[0]} × {slide.dimensions[1]} px")
