@@ -37,6 +37,7 @@ from ._types import PathLike
 from .errors import ConfigError, NapariMilError
 from .io import SLIDE_SUFFIXES
 from .io.atomic import atomic_write_csv, atomic_write_text, describe_write_error, is_write_fault
+from .io.dicom import dicom_series_file
 
 __all__ = ["SlideStatus", "SlideOutcome", "expand_slides", "check_unique_keys", "process_slide",
            "is_complete", "run_cohort", "write_summary", "load_model_cached",
@@ -70,8 +71,11 @@ def expand_slides(patterns: Sequence[str]) -> list[Path]:
     found: dict[str, Path] = {}
     for pattern in patterns:
         p = Path(pattern)
-        if p.is_dir():
-            matches = [q for q in p.iterdir() if q.suffix.lower() in SLIDE_SUFFIXES]
+        if p.is_dir() and dicom_series_file(p) is not None:  # a DICOM-WSI series is one slide
+            matches = [p]
+        elif p.is_dir():
+            matches = [q for q in p.iterdir() if q.suffix.lower() in SLIDE_SUFFIXES
+                       or (q.is_dir() and dicom_series_file(q) is not None)]
         elif any(ch in pattern for ch in "*?["):
             matches = [Path(m) for m in glob.glob(pattern, recursive=True)]
         else:
