@@ -1,5 +1,7 @@
 """npe2 reader: drop a whole-slide image on napari → a multiscale RGB layer in µm.
 
+DICOM-WSI: a folder holding a series, or any of its ``.dcm`` files, opens the series.
+
 ``napari_get_reader(path)`` returns a reader function, or ``None`` for paths this plugin
 cannot read. Neither ever raises: a file that turns out to be unreadable is reported as a
 warning (napari shows it as a notification) and the reader returns ``None``, so napari can
@@ -44,6 +46,10 @@ _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
 def _looks_like_slide(path: Path) -> bool:
+    from .io.dicom import dicom_series_file
+
+    if path.is_dir() or path.suffix.lower() in (".dcm", ".dicom"):
+        return dicom_series_file(path) is not None  # a DICOM-WSI series (folder or file)
     suffix = path.suffix.lower()
     if suffix not in SLIDE_SUFFIXES or not path.is_file():
         return False

@@ -64,13 +64,15 @@ def test_uint8_encoding_and_nan(tmp_path):
     assert side["value_min"] == 2.0 and side["value_max"] == 4.0 and side["no_tile"] == 0
 
 
-def test_overlapping_tiles_average_and_bad_downsample():
+def test_overlapping_tiles_one_value_per_tile_and_bad_pixel_size():
     tv = TileValues(np.array([[0, 0], [128, 0]]), 256, [1.0, 3.0])
     raster, d = rasterize_tile_values(tv)
-    assert d == 128
-    np.testing.assert_allclose(raster, [[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]])
-    with pytest.raises(ExportError, match="does not divide"):
-        rasterize_tile_values(tv, downsample=96)
+    assert d == 128 == tv.stride
+    np.testing.assert_allclose(raster, [[1.0, 3.0]])  # the lattice: one pixel per tile
+    with pytest.raises(ExportError, match="positive"):
+        rasterize_tile_values(tv, downsample=-4)
+    with pytest.raises(ExportError, match="no pixel size"):
+        rasterize_tile_values(tv, pixel_size_um=8.0)
 
 
 def test_ome_zarr_multiscale(tmp_path):
@@ -86,6 +88,8 @@ def test_ome_zarr_multiscale(tmp_path):
     assert [a["name"] for a in ms["axes"]] == ["y", "x"]
     scales = [ds["coordinateTransformations"][0]["scale"] for ds in ms["datasets"]]
     assert scales[0] == [128.0, 128.0] and scales[1] == [256.0, 256.0]
+    shift = ms["datasets"][0]["coordinateTransformations"][1]["translation"]
+    assert shift == [pytest.approx((256 - 1) / 2 * 0.5)] * 2  # pixel (0, 0) centred on tile (0, 0)
     lvl0 = g["0"][...]
     assert lvl0.shape == (30, 41) and np.isnan(lvl0[:, 40]).all()
     np.testing.assert_allclose(lvl0[:, :40].ravel(), tv.values.astype(np.float32))

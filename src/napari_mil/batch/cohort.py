@@ -24,6 +24,7 @@ from .._types import PathLike
 from ..errors import CheckpointError, ConfigError, ExportError
 from ..io import SLIDE_SUFFIXES
 from ..io.atomic import atomic_write_csv, describe_write_error
+from ..io.dicom import dicom_series_file
 from ..io.identity import file_stamp
 from ..io.locks import LockBusy, exclusive_lock
 from .names import output_keys
@@ -59,15 +60,18 @@ def expand_slides(patterns: Sequence[str]) -> list[Path]:
     found: dict[str, Path] = {}
     for pattern in patterns:
         p = Path(pattern).expanduser()
-        if p.is_dir():
-            matches = sorted(q for q in p.iterdir() if q.suffix.lower() in SLIDE_SUFFIXES)
+        if p.is_dir() and dicom_series_file(p) is not None:  # a DICOM-WSI series is one slide
+            matches = [p]
+        elif p.is_dir():
+            matches = sorted(q for q in p.iterdir() if q.suffix.lower() in SLIDE_SUFFIXES
+                             or (q.is_dir() and dicom_series_file(q) is not None))
         elif any(ch in pattern for ch in "*?["):
             matches = [Path(m) for m in sorted(glob.glob(pattern, recursive=True))]
         else:
             matches = [p]
         for m in matches:
             r = _resolve(m)
-            if not stat.S_ISREG(r.stat().st_mode):
+            if not stat.S_ISREG(r.stat().st_mode) and dicom_series_file(r) is None:
                 raise ConfigError(f"{m} is not a regular file (a folder, device or pipe): give "
                                   "slide files.")
             found.setdefault(str(r), r)
@@ -104,6 +108,8 @@ def _check_model_inputs(card, settings: dict[str, Any]) -> None:
     if card is None:
         return
     check_card_scales(card)
+    if settings.get("features"):  # pre-extracted features are checked per slide
+        return
     ref = settings.get("extractor") or (card.extractor.name if card.extractor else None)
     if ref is None:
         return

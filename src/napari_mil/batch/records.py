@@ -92,8 +92,14 @@ def make_recipe(checkpoint: str | Path, settings: dict[str, Any] | None = None,
 
     settings = dict(settings or {})
     ref = settings.pop("extractor", None)
+    features = settings.pop("features", None)
     run = RunSettings(**settings).to_dict()
     ck = file_identity(checkpoint, error=CheckpointError)
+    if features:  # pre-extracted features take the extractor's place
+        words = ", ".join(f"{k}={features[k]}" for k in sorted(features))
+        return Recipe({"path": ck.stamp.path, "sha": ck.sha, "algorithm": IDENTITY_ALGORITHM},
+                      {"ref": f"pre-extracted features ({words})", "sha": None},
+                      {k: run.get(k) for k in RESULT_SETTINGS})
     if ref is None:
         if card is None:
             from ..models.checkpoint import read_checkpoint_card

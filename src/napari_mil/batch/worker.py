@@ -203,6 +203,7 @@ def _process_locked(slide_path: str, checkpoint: str, slide_dir: Path,
         note = "recomputed: --overwrite"
     settings = dict(settings)
     extractor = settings.pop("extractor", None)
+    feature_source = settings.pop("features", None)  # pre-extracted: {"source", "patch_size", …}
     run_settings = RunSettings(**settings)
     atomic_write_text(slide_dir / ATTEMPT, json.dumps(
         {"slide": identity.to_dict(), "recipe": recipe.to_dict()}), overwrite=True)
@@ -210,8 +211,15 @@ def _process_locked(slide_path: str, checkpoint: str, slide_dir: Path,
     with open_slide(slide_path) as slide:
         device = str(settings.get("device", "cpu"))
         model = load_model_cached(checkpoint, device)
-        ex = extractor_cached(model, extractor, device)
-        result = analyze_slide(slide, model, settings=run_settings, extractor=ex)
+        if feature_source:
+            from ..features.match import read_slide_features
+
+            ex = None
+            features = read_slide_features(slide, scales=model.card.scales, **feature_source)
+            result = analyze_slide(slide, model, settings=run_settings, features=features)
+        else:
+            ex = extractor_cached(model, extractor, device)
+            result = analyze_slide(slide, model, settings=run_settings, extractor=ex)
         if result.slide_hash != identity.sha or file_stamp(slide_path) != identity.stamp:
             raise SlideError(f"{slide_path} changed while it was analysed: wait until it is "
                              "completely written, then run again.")

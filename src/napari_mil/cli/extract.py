@@ -7,6 +7,11 @@ Writes one TRIDENT-layout ``.h5`` per slide and magnification::
 Features are cached (``--cache-dir``, default the user cache folder), so a second run or a
 run after an interruption reuses what was computed. Files already in OUT are skipped
 unless ``--overwrite``.
+
+``--import-features DIR`` embeds nothing: each slide's CLAM or TRIDENT file (``<slide>.h5``
+under DIR) is checked against the slide (name, level-0 size, coordinates on its tissue;
+CLAM files need ``--patch-size`` and ``--patch-level``) and written to the same layout with
+full metadata (magnification, slide name and size, content hash).
 """
 
 from __future__ import annotations
@@ -34,7 +39,14 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="card JSON of an exported extractor (default: <file>.json beside it)")
     p.add_argument("--magnifications", default="20x",
                    help="comma-separated magnifications, e.g. 20x,10x,5x (default: 20x)")
-    p.add_argument("--patch-size", type=int, default=256, help="patch size in px (default: 256)")
+    p.add_argument("--patch-size", type=int, default=None,
+                   help="patch size in px (default: 256); with --import-features, the CLAM "
+                        "files' patch size at --patch-level")
+    p.add_argument("--import-features", type=Path, default=None, metavar="DIR",
+                   help="check and rewrite pre-extracted CLAM / TRIDENT .h5 features (matched to "
+                        "slides by name) instead of embedding tiles")
+    p.add_argument("--patch-level", type=int, default=None,
+                   help="with --import-features: the slide level CLAM patches were cut at")
     p.add_argument("--min-tissue", type=float, default=0.25,
                    help="tissue fraction a tile needs (default: 0.25; 0 keeps every tile)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
@@ -121,6 +133,31 @@ def _extract_slide(path: Path, args, extractor, mags: list[str], cache) -> list[
     return written
 
 
+def _import_slide(path: Path, args) -> list[Path]:
+    """Check a slide's pre-extracted features and rewrite them with full metadata."""
+    import dataclasses
+
+    from ..errors import FeatureError
+    from ..features.match import read_slide_features
+    from ..io.features_h5 import write_trident_h5
+    from ..io.slide import open_slide
+    from ..tiling.tissue import detect_tissue
+
+    with open_slide(path, mpp=args.mpp) as slide:
+        fs = read_slide_features(slide, args.import_features, patch_size=args.patch_size,
+                                 patch_level=args.patch_level, tissue=detect_tissue(slide))
+        if fs.scale is None:
+            raise FeatureError(f"{fs.source}: the magnification is unknown (the slide records no "
+                               "pixel size): give --mpp.")
+        fs = dataclasses.replace(fs, slide_hash=slide.content_hash)
+        target = output_path(args.out, fs.scale.name, fs.scale.patch_size_px,
+                             fs.extractor_name or "imported", slide.name)
+        if target.exists() and not args.overwrite:
+            log.info("%s exists; skipped (use --overwrite to replace it).", target)
+            return []
+        return [write_trident_h5(fs, target, slide=slide, overwrite=args.overwrite)]
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     print(f"napari-mil extract: warning: {message}", file=sys.stderr)
 
@@ -129,7 +166,9 @@ def run(args: argparse.Namespace) -> int:
     from ..features.extract import resolve_cache
     from ..features.registry import create_extractor
 
-    if args.patch_size < 16:
+    if args.import_features is None and args.patch_size is None:
+        args.patch_size = 256
+    if args.patch_size is not None and args.patch_size < 16:
         raise ConfigError(f"--patch-size must be ≥ 16 px, got {args.patch_size}.")
     if not 0 <= args.min_tissue <= 1:
         raise ConfigError(f"--min-tissue must be between 0 and 1, got {args.min_tissue}.")
@@ -137,16 +176,26 @@ def run(args: argparse.Namespace) -> int:
     missing = [str(p) for p in args.slides if not p.exists()]
     if missing:
         raise ConfigError(f"Slide file(s) not found: {', '.join(missing)}.")
-    kwargs = {"card": args.card} if args.card is not None else {}
-    extractor = create_extractor(args.extractor, device=args.device, **kwargs)
-    cache = resolve_cache(False if args.no_cache else args.cache_dir)
+    if args.import_features is not None:
+        if not args.import_features.exists():
+            raise ConfigError(f"--import-features {args.import_features}: no such folder or file.")
+        extractor = cache = None
+    else:
+        if args.patch_level is not None:
+            raise ConfigError("--patch-level describes CLAM feature files: give it with "
+                              "--import-features DIR.")
+        kwargs = {"card": args.card} if args.card is not None else {}
+        extractor = create_extractor(args.extractor, device=args.device, **kwargs)
+        cache = resolve_cache(False if args.no_cache else args.cache_dir)
     failed = 0
     with warnings.catch_warnings():
         warnings.simplefilter("once", UserWarning)
         warnings.showwarning = _show_warning
         for path in args.slides:
             try:
-                for out in _extract_slide(path, args, extractor, mags, cache):
+                done = (_import_slide(path, args) if extractor is None
+                        else _extract_slide(path, args, extractor, mags, cache))
+                for out in done:
                     print(out)
             except NapariMilError as exc:
                 failed += 1

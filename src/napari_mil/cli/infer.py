@@ -54,6 +54,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--extractor", default=None,
                    help="registered name or a .safetensors / .pt2 / TorchScript file to embed "
                         "tiles with (default: the extractor named in the model card)")
+    p.add_argument("--features", type=Path, default=None,
+                   help="folder (or file) of pre-extracted CLAM / TRIDENT .h5 features, matched "
+                        "to slides by name (<slide>.h5, subfolders searched) and checked against "
+                        "slide and model; no tiles are embedded")
+    p.add_argument("--patch-size", type=int, default=None,
+                   help="CLAM feature files: patch size in px at --patch-level")
+    p.add_argument("--patch-level", type=int, default=None,
+                   help="CLAM feature files: the slide level the patches were cut at (0 = full "
+                        "resolution)")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="feature cache folder (default: $NAPARI_MIL_CACHE or the user cache)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
@@ -61,6 +70,29 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="recompute every slide, replacing earlier outputs in OUT")
     p.set_defaults(func=run)
     return p
+
+
+def _feature_source(args: argparse.Namespace) -> dict | None:
+    """``--features`` and its CLAM flags as process_slide's ``features`` setting."""
+    from ..errors import ConfigError
+
+    if args.features is None:
+        if args.patch_size is not None or args.patch_level is not None:
+            raise ConfigError("--patch-size and --patch-level describe CLAM feature files: give "
+                              "them with --features DIR.")
+        return None
+    if args.extractor is not None:
+        raise ConfigError("--features uses pre-extracted features; --extractor embeds tiles: "
+                          "give one of them.")
+    src = args.features.expanduser()
+    if not src.exists():
+        raise ConfigError(f"--features {src}: no such folder or file.")
+    if args.patch_size is not None and args.patch_size < 1:
+        raise ConfigError(f"--patch-size must be ≥ 1 px, got {args.patch_size}.")
+    if args.patch_level is not None and args.patch_level < 0:
+        raise ConfigError(f"--patch-level must be ≥ 0, got {args.patch_level}.")
+    return {"source": str(src.resolve()), "patch_size": args.patch_size,
+            "patch_level": args.patch_level}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -77,6 +109,9 @@ def run(args: argparse.Namespace) -> int:
         ref = Path(args.extractor).expanduser()
         settings["extractor"] = str(ref.resolve()) if ref.is_file() else args.extractor
     bars = []  # opened with the first outcome: checks made up front print no empty bar
+    feature_source = _feature_source(args)
+    if feature_source:
+        settings["features"] = feature_source
 
     def show(outcome) -> None:
         if not bars:

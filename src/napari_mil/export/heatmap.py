@@ -1,15 +1,20 @@
-"""Heatmaps of tile values as pyramidal OME-TIFF and OME-Zarr, aligned to the slide's level 0.
+"""Heatmaps of tile values as pyramidal OME-TIFF and OME-Zarr, on the tile lattice.
 
-Alignment (the one rule): heatmap pixel (row r, col c) covers the level-0 square
-``[c·d, (c+1)·d) × [r·d, (r+1)·d)``, with the origin at level-0 (0, 0) and ``d`` the
-*downsample*. ``d`` defaults to the largest integer dividing the tile size and every tile
-coordinate (the tile stride on a global lattice), so each tile is an exact block of pixels
-and the raster stays small (a 100k² slide with 512-px tiles → 196² pixels). The pixel size
-written (OME ``PhysicalSizeX/Y``, NGFF ``scale``) is ``d · mpp``; opened with tiffslide or
-napari at that pixel size, the heatmap lines up with the slide in micrometres. The raster
-covers the whole slide when ``slide_dimensions`` is given. Where tiles overlap their values
-are averaged; pixels without a tile are NaN (float32) or 0 (uint8, where values map to
-1–255). A sidecar ``<file>.json`` records d, the pixel size, the value range and encoding.
+One value per tile (DESIGN §3), never a level-0 raster. By default heatmap pixel (row r,
+col c) is lattice cell (c, r): the level-0 square ``[c·d, (c+1)·d) × [r·d, (r+1)·d)`` with
+``d`` the lattice stride in level-0 px (fractional at real scanner pixel sizes: 256-px
+patches at 20x on a 0.2527 µm/px slide have a 506.53-px stride). The pixel size written (OME
+``PhysicalSizeX/Y``, NGFF ``scale``) is ``d · mpp`` µm and the origin is level-0 (0, 0) (OME
+``Plane PositionX/Y`` 0 µm; the NGFF ``translation`` and the sidecar's ``translate_um`` put
+pixel (0, 0)'s centre where napari expects it, as the napari layers do).
+
+At a user-chosen pixel size (``pixel_size_um``, or ``downsample`` level-0 px per pixel) the
+lattice is resampled: a pixel finer than the stride takes the value of the tile whose cell
+holds its centre; a coarser pixel averages the tiles whose cell centres fall in it. The raster
+is capped at :data:`MAX_HEATMAP_PIXELS` (an error names the smallest pixel size that fits).
+Where tiles share a cell their values are averaged; cells without a tile are NaN (float32) or
+0 (uint8, where values map to 1–255). A sidecar ``<file>.json`` records the stride, the pixel
+size, the origin, the value range and the encoding.
 """
 
 from __future__ import annotations
@@ -17,7 +22,6 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from functools import reduce
 from pathlib import Path
 
 import numpy as np
@@ -28,61 +32,114 @@ from ..io.atomic import atomic_path, check_writable
 from ..io.tile_maps import TileValues
 
 __all__ = [
+    "MAX_HEATMAP_PIXELS",
     "heatmap_downsample",
+    "heatmap_translate_px",
     "rasterize_tile_values",
     "write_heatmap_tiff",
     "write_heatmap_zarr",
 ]
 
+#: the largest heatmap raster written (pixels): 2²⁵ float32 = 128 MB
+MAX_HEATMAP_PIXELS = 2**25
 
-def heatmap_downsample(tv: TileValues) -> int:
-    """Largest d dividing the tile size and every coordinate (1 pixel per stride cell)."""
-    vals = [int(tv.tile_size), *np.unique(np.abs(tv.coords_xy)).tolist()]
-    return max(1, reduce(math.gcd, vals, 0))
+
+def heatmap_downsample(tv: TileValues) -> float:
+    """Level-0 px per heatmap pixel on the tile lattice: the lattice stride (one value per tile)."""
+    return tv.stride
+
+
+def heatmap_translate_px(d: float) -> float:
+    """Level-0 position of pixel (0, 0)'s centre when a pixel covers ``d`` level-0 px (times
+    mpp: the napari ``translate``), pixel (0, 0) covering level-0 ``[0, d)``."""
+    return d / 2.0 - 0.5
+
+
+def _extent_px(tv: TileValues, slide_dimensions) -> tuple[float, float]:
+    if slide_dimensions is not None:
+        w, h = (float(v) for v in slide_dimensions)
+    elif len(tv):
+        w, h = (float(v) for v in tv.coords_xy.max(axis=0) + tv.stride)
+    else:
+        w = h = float(tv.stride)
+    return max(w, 1.0), max(h, 1.0)
+
+
+def _check_size(w: int, h: int, d: float, tv: TileValues, extent: tuple[float, float]) -> None:
+    if w * h <= MAX_HEATMAP_PIXELS:
+        return
+    d_min = math.sqrt(extent[0] * extent[1] / MAX_HEATMAP_PIXELS) * 1.01
+    unit = (lambda v: f"{v * tv.mpp:.3g} µm") if tv.mpp else (lambda v: f"{v:.3g} level-0 px")
+    raise ExportError(
+        f"A heatmap at {unit(d)} per pixel would be {w} × {h} px, over the "
+        f"{MAX_HEATMAP_PIXELS:,}-px limit: choose a pixel size of at least {unit(d_min)} "
+        f"(the tile lattice, one value per tile, is {unit(tv.stride)})."
+    )
+
+
+def _mean_into(shape: tuple[int, int], rows, cols, vals) -> np.ndarray:
+    """(H, W) float32: the mean of ``vals`` per (row, col), NaN where none (memory O(N))."""
+    h, w = shape
+    out = np.full(h * w, np.nan, np.float32)
+    ok = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
+    flat = rows[ok] * w + cols[ok]
+    if flat.size:
+        uniq, inv = np.unique(flat, return_inverse=True)
+        sums = np.bincount(inv, weights=vals[ok])
+        counts = np.bincount(inv)
+        out[uniq] = (sums / counts).astype(np.float32)
+    return out.reshape(h, w)
 
 
 def rasterize_tile_values(
     tv: TileValues,
     *,
-    downsample: int | None = None,
+    downsample: float | None = None,
+    pixel_size_um: float | None = None,
     slide_dimensions: tuple[int, int] | None = None,
-) -> tuple[np.ndarray, int]:
-    """Tile values → (H, W) float32 raster at ``downsample`` (NaN where no tile)."""
-    d = int(downsample) if downsample else heatmap_downsample(tv)
-    if d < 1 or tv.tile_size % d or np.any(tv.coords_xy % d):
+) -> tuple[np.ndarray, float]:
+    """Tile values → ((H, W) float32 raster, ``d`` level-0 px per pixel); see the module doc.
+
+    Default: the tile lattice (``d`` = stride). ``pixel_size_um`` (needs ``tv.mpp``) or
+    ``downsample`` choose another pixel size. ``slide_dimensions`` (w, h) makes the raster
+    cover the whole slide.
+    """
+    if downsample is not None and pixel_size_um is not None:
+        raise ExportError("Give the heatmap's pixel size as pixel_size_um or downsample, not both.")
+    s = tv.stride
+    if pixel_size_um is not None:
+        if not tv.mpp:
+            raise ExportError(f"Tile map {tv.label!r} has no pixel size (mpp): give downsample "
+                              "(level-0 px per heatmap pixel) instead of pixel_size_um.")
+        d = float(pixel_size_um) / tv.mpp
+    else:
+        d = float(downsample) if downsample is not None else s
+    if not (math.isfinite(d) and d > 0):
         raise ExportError(
-            f"Heatmap downsample {d} does not divide the tile size {tv.tile_size} and every "
-            f"tile coordinate; use {heatmap_downsample(tv)} (the default) or one of its divisors."
-        )
+            f"Heatmap pixel size must be positive, got {pixel_size_um or downsample}.")
     if np.any(tv.coords_xy < 0):
         raise ExportError("Tiles with negative coordinates cannot be aligned to level 0.")
-    k = tv.tile_size // d
-    if slide_dimensions is not None:
-        w, h = (math.ceil(int(v) / d) for v in slide_dimensions)
-    else:
-        ext = tv.coords_xy.max(axis=0) // d + k if len(tv) else np.array([1, 1])
-        w, h = int(ext[0]), int(ext[1])
-    if w * h > 2**31:
-        raise ExportError(f"Heatmap of {w}×{h} px is too large; choose a larger downsample.")
-    total = np.zeros((h, w), np.float64)
-    count = np.zeros((h, w), np.float64)
+    extent = _extent_px(tv, slide_dimensions)
     finite = np.isfinite(tv.values)
-    cols, rows = (tv.coords_xy[finite] // d).T
+    ij = np.round(tv.coords_xy[finite] / s).astype(np.int64)  # (N, 2) lattice (col, row)
     vals = tv.values[finite]
-    if k * k <= len(vals):  # few pixels per tile: one vectorised pass per offset
-        for a in range(k):
-            for b in range(k):
-                r, c = rows + a, cols + b
-                ok = (r < h) & (c < w)
-                np.add.at(total, (r[ok], c[ok]), vals[ok])
-                np.add.at(count, (r[ok], c[ok]), 1.0)
-    else:  # few tiles, many pixels each: one slice per tile
-        for r, c, v in zip(rows.tolist(), cols.tolist(), vals.tolist(), strict=True):
-            total[r : r + k, c : c + k] += v
-            count[r : r + k, c : c + k] += 1.0
-    with np.errstate(invalid="ignore", divide="ignore"):
-        raster = np.where(count > 0, total / count, np.nan).astype(np.float32)
-    return raster, d
+    lat_w, lat_h = math.ceil(extent[0] / s), math.ceil(extent[1] / s)
+    if len(ij):
+        lat_w, lat_h = max(lat_w, int(ij[:, 0].max()) + 1), max(lat_h, int(ij[:, 1].max()) + 1)
+    if abs(d - s) <= 1e-9 * s:  # the lattice itself
+        _check_size(lat_w, lat_h, d, tv, extent)
+        return _mean_into((lat_h, lat_w), ij[:, 1], ij[:, 0], vals), s
+    w, h = math.ceil(extent[0] / d), math.ceil(extent[1] / d)
+    _check_size(w, h, d, tv, extent)
+    if d > s:  # coarser: the mean of the tiles whose cell centre falls in the pixel
+        cx, cy = ((ij + 0.5) * s / d).T
+        return _mean_into((h, w), np.floor(cy).astype(np.int64), np.floor(cx).astype(np.int64),
+                          vals), d
+    # finer: each pixel takes the cell holding its centre
+    lattice = _mean_into((lat_h, lat_w), ij[:, 1], ij[:, 0], vals)
+    cols = np.floor((np.arange(w) + 0.5) * d / s).astype(np.int64)
+    rows = np.floor((np.arange(h) + 0.5) * d / s).astype(np.int64)
+    return lattice[np.minimum(rows, lat_h - 1)[:, None], np.minimum(cols, lat_w - 1)[None, :]], d
 
 
 def _encode(raster: np.ndarray, dtype: str) -> tuple[np.ndarray, dict]:
@@ -120,7 +177,8 @@ def _slide_extent(tv: TileValues, slide, slide_dimensions) -> tuple[int, int] | 
     return slide_dimensions
 
 
-def _sidecar(tv: TileValues, d: int, shape: tuple[int, int], info: dict, fmt: str) -> dict:
+def _sidecar(tv: TileValues, d: float, shape: tuple[int, int], info: dict, fmt: str) -> dict:
+    lattice = abs(d - tv.stride) <= 1e-9 * tv.stride
     return {
         "napari_mil": "heatmap",
         "slide": tv.slide_name,
@@ -129,13 +187,16 @@ def _sidecar(tv: TileValues, d: int, shape: tuple[int, int], info: dict, fmt: st
         "layer": tv.name,
         "scale": tv.scale,
         "kind": tv.kind.value,
+        "grid": "tile lattice (one value per tile)" if lattice else "resampled tile lattice",
         "downsample": d,
+        "lattice_stride_px": tv.stride,
         "origin_level0_xy": [0, 0],
         "pixel_size_um": d * tv.mpp if tv.mpp else None,
+        "translate_um": heatmap_translate_px(d) * tv.mpp if tv.mpp else None,
         "slide_mpp": tv.mpp,
         "shape_hw": list(shape),
         "tile_size_level0": tv.tile_size,
-        "alignment": "pixel (r, c) covers level-0 [c*d, (c+1)*d) x [r*d, (r+1)*d)",
+        "alignment": "pixel (r, c) covers level-0 [c*d, (c+1)*d) x [r*d, (r+1)*d), d = downsample",
         **info,
     }
 
@@ -146,7 +207,8 @@ def write_heatmap_tiff(
     *,
     slide=None,
     slide_dimensions: tuple[int, int] | None = None,
-    downsample: int | None = None,
+    downsample: float | None = None,
+    pixel_size_um: float | None = None,
     dtype: str = "float32",
     compression: str | None = "zlib",
     overwrite: bool = False,
@@ -162,7 +224,8 @@ def write_heatmap_tiff(
     side = p.with_name(p.name + ".json")
     check_writable(p, overwrite=overwrite)
     check_writable(side, overwrite=overwrite)
-    raster, d = rasterize_tile_values(tv, downsample=downsample, slide_dimensions=slide_dimensions)
+    raster, d = rasterize_tile_values(tv, downsample=downsample, pixel_size_um=pixel_size_um,
+                                      slide_dimensions=slide_dimensions)
     data, info = _encode(raster, dtype)
     # the sidecar is committed only after the TIFF: a failed TIFF write keeps both old files
     with atomic_path(side, overwrite=overwrite) as side_tmp:
@@ -177,6 +240,7 @@ def write_heatmap_tiff(
             tile_size=256,
             overwrite=overwrite,
             resolution_tags=True,
+            ome_origin_um=(0.0, 0.0) if tv.mpp else None,
         )
     return p
 
@@ -197,34 +261,36 @@ def write_heatmap_zarr(
     *,
     slide=None,
     slide_dimensions: tuple[int, int] | None = None,
-    downsample: int | None = None,
+    downsample: float | None = None,
+    pixel_size_um: float | None = None,
     overwrite: bool = False,
     chunk: int = 256,
     min_size: int = 256,
 ) -> Path:
     """Write an OME-Zarr (NGFF 0.5, zarr v3) multiscale heatmap, float32, NaN = no tile.
 
-    Level ``i`` is a 2ⁱ block mean; its ``scale`` is ``2ⁱ · d · mpp`` µm (``d`` in pixels
-    when the slide has no mpp). The sidecar fields are in the group attributes under
-    ``napari_mil``. ``slide`` is checked and covered as in :func:`write_heatmap_tiff`.
+    Level ``i`` is a 2ⁱ block mean; its ``scale`` is ``2ⁱ · d · mpp`` µm (``d`` in level-0
+    pixels when the slide has no mpp) and its ``translation`` centres its pixel (0, 0) on the
+    level-0 area it covers. The sidecar fields are in the group attributes under ``napari_mil``.
+    ``slide`` is checked and covered as in :func:`write_heatmap_tiff`.
     """
     import zarr
 
     slide_dimensions = _slide_extent(tv, slide, slide_dimensions)
-    raster, d = rasterize_tile_values(tv, downsample=downsample, slide_dimensions=slide_dimensions)
+    raster, d = rasterize_tile_values(tv, downsample=downsample, pixel_size_um=pixel_size_um,
+                                      slide_dimensions=slide_dimensions)
     levels = [raster]
     while max(levels[-1].shape) > min_size:
         levels.append(_block_mean(levels[-1], 2))
-    px = d * tv.mpp if tv.mpp else float(d)
+    unit_px = tv.mpp if tv.mpp else 1.0
     unit = "micrometer" if tv.mpp else None
     axes = [{"name": n, "type": "space", **({"unit": unit} if unit else {})} for n in ("y", "x")]
-    datasets = [
-        {
-            "path": str(i),
-            "coordinateTransformations": [{"type": "scale", "scale": [px * 2**i, px * 2**i]}],
-        }
-        for i in range(len(levels))
-    ]
+    datasets = []
+    for i in range(len(levels)):
+        px = d * 2**i * unit_px
+        t = heatmap_translate_px(d * 2**i) * unit_px
+        datasets.append({"path": str(i), "coordinateTransformations": [
+            {"type": "scale", "scale": [px, px]}, {"type": "translation", "translation": [t, t]}]})
     _, info = _encode(raster, "float32")
     with atomic_path(path, overwrite=overwrite, is_dir=True) as tmp:
         root = zarr.open_group(str(tmp), mode="w", zarr_format=3)

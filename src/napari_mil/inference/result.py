@@ -148,13 +148,14 @@ class SlideResult:
         """Every value layer as :class:`~napari_mil.io.tile_maps.TileValues` (for the agreement
         metrics and the exports): instance scores (one map per class when they are (N, C)) and
         attention, at every scale."""
-        from ..io.tile_maps import TileKind, TileValues
+        from ..io.tile_maps import TileKind, TileValues, lattice_stride_px
 
         out = []
         for name, sm in self.scales.items():
             common = dict(coords_xy=sm.coords_xy, tile_size=int(round(sm.tile_size_level0)),
                           scale=name, mpp=self.slide_mpp, slide_name=self.slide_name,
-                          slide_hash=self.slide_hash, slide_dimensions=self.slide_dimensions)
+                          slide_hash=self.slide_hash, slide_dimensions=self.slide_dimensions,
+                          stride_px=lattice_stride_px(sm.coords_xy, sm.tile_size_level0))
             s = sm.instance_scores
             if s is not None and s.ndim == 1:
                 out.append(TileValues(values=s, name="instance scores", **common))

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from ..config import Device
-from ..errors import ConfigError, CorruptSlideError, ModelError
+from ..errors import ConfigError, CorruptSlideError, FeatureError, ModelError
 from ..io.feature_set import FeatureSet
 from ..tiling.patches import over_damaged_tiles
 from ..tiling.tissue import TissueMask, TissueParams
@@ -344,8 +344,13 @@ def _run_bag(slide, model, tissue, extractor, features, settings, device, damage
 
     scale = model.card.scales[0]
     if features is not None:
+        from ..features.match import check_features_fit
+
+        if isinstance(features, Mapping) and scale.name not in features:
+            raise FeatureError(f"No features at {scale.name} (the model's scale) among "
+                               f"{sorted(features)}: extract features at {scale.name}.")
         fs = features[scale.name] if isinstance(features, Mapping) else features
-        fs.check_against(slide)
+        fs = check_features_fit(fs, slide, scale, tissue)  # refused, never relabelled
         coords, tile_size, feats = fs.coords_xy, fs.tile_size_level0, fs.features
         extractor_card = dict(fs.extractor)
         from ..models.checkpoint import check_features

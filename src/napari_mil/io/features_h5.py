@@ -292,8 +292,8 @@ def read_clam_h5(path: PathLike, slide: Slide | None = None, *, patch_size: int 
     if patch_size is None or patch_level is None:
         raise FeatureError(
             f"{path}: CLAM feature files do not record the patch size and level. Pass "
-            "patch_size=... and patch_level=... (CLI: --patch-size, --patch-level), or the "
-            "CLAM patch file (patch_file=..., --patch-file).")
+            "patch_size=... and patch_level=... (napari-mil infer / extract: --patch-size and "
+            "--patch-level), or the CLAM patch file (patch_file=...).")
     if patch_size < 1 or patch_level < 0:
         raise FeatureError(f"{path}: patch_size ({patch_size}) must be ≥ 1 and patch_level "
                            f"({patch_level}) ≥ 0.")

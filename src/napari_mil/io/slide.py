@@ -46,6 +46,7 @@ from ..errors import (
     UnsupportedSlideError,
 )
 from . import pyramid as _pyr
+from .dicom import is_dicom_file
 from .metadata import (
     check_geometry,
     check_ifd_chain,
@@ -194,6 +195,9 @@ class Slide:
             raise MissingMppError(f"mpp must be a positive number of µm per pixel, got {mpp!r}.")
         self.name = self.path.name.split(".")[0] if self.path.name.lower().endswith(
             (".ome.tif", ".ome.tiff")) else self.path.stem
+        self.is_dicom = is_dicom_file(self.path)
+        if self.is_dicom:  # a series is named after its folder (its files are levels)
+            self.name = self.path.resolve().parent.name
         self._closed = False
         self._lock = threading.Lock()
         self._cache = TileCache(TILE_CACHE_BYTES)
@@ -247,6 +251,8 @@ class Slide:
 
     # ------------------------------------------------------------------ backends
     def _open_backend(self):
+        if self.is_dicom:
+            return self._open_dicom()
         try:
             return self._open_tiffslide()
         except SlideError as exc:
@@ -368,6 +374,20 @@ class Slide:
                     "analyse: the file is damaged. Copy it again from the scanner or archive.")
         for w in caught:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+    def _open_dicom(self):
+        try:
+            import openslide  # optional dependency
+        except ImportError:
+            raise UnsupportedSlideError(
+                f"{self.path.parent.name} is a DICOM-WSI series; reading it needs OpenSlide ≥ 4: "
+                "pip install 'napari-mil[dicom]' (openslide-python and openslide-bin).") from None
+        version = getattr(openslide, "__library_version__", "0")
+        if int(str(version).split(".")[0] or 0) < 4:
+            raise UnsupportedSlideError(
+                f"{self.path.parent.name} is a DICOM-WSI series, but the OpenSlide library here "
+                f"is {version}; DICOM needs 4.0 or newer: pip install 'openslide-bin>=4'.")
+        return self._open_openslide()
 
     def _open_openslide(self):
         import openslide  # optional dependency
@@ -548,15 +568,23 @@ def open_slide(path: PathLike, *, mpp: float | None = None,
     tiling, feature extraction) already bring their own threads, and on a busy machine the
     hand-off costs more than it gains (see bench/slide_io.py).
 
-    Raises :class:`SlideNotFoundError`, :class:`UnsupportedSlideError` (not a slide) or
+    A DICOM-WSI series opens by its folder or any of its files (:mod:`napari_mil.io.dicom`;
+    needs OpenSlide ≥ 4). Raises :class:`SlideNotFoundError`, :class:`UnsupportedSlideError`
+    (not a slide) or
     :class:`CorruptSlideError` (empty, truncated, damaged); warns with
     :class:`MissingMppWarning` when the pixel size is unknown.
     """
+    from .dicom import dicom_series_file
+
     p = Path(path).expanduser()
     if not p.exists():
         raise SlideNotFoundError(f"{p} does not exist: check the path (and the working folder).")
+    dicom = dicom_series_file(p)
+    if dicom is not None:  # a DICOM-WSI series, by its folder or any of its files
+        return Slide(dicom, mpp=mpp, decode_threads=decode_threads)
     if p.is_dir():
-        raise UnsupportedSlideError(f"{p} is a folder: open the slide file inside it.")
+        raise UnsupportedSlideError(f"{p} is a folder that holds no DICOM-WSI series: open the "
+                                    "slide file inside it (or a folder of DICOM files).")
     if p.stat().st_size == 0:
         raise CorruptSlideError(f"{p.name} is empty (0 bytes): copy the slide again.")
     return Slide(p, mpp=mpp, decode_threads=decode_threads)

@@ -167,6 +167,7 @@ def write_pyramidal_tiff(
     overwrite: bool = False,
     resolution_tags: bool | None = None,
     background: float | tuple[float, ...] | None = None,
+    ome_origin_um: tuple[float, float] | None = None,
 ) -> None:
     """Write a tiled pyramid atomically.
 
@@ -178,7 +179,7 @@ def write_pyramidal_tiff(
     TIFF X/YResolution tags for OME-TIFF (default: all styles but OME), so that readers that
     ignore OME-XML (tiffslide) see the pixel size too. ``background`` (default: 255 for uint8,
     else 0) fills the padding of edge tiles and the tiles the renderer reports blank (``None``;
-    see the module docstring).
+    see the module docstring). ``ome_origin_um`` (x, y) writes OME ``Plane PositionX/Y`` (µm).
     """
     import tifffile
 
@@ -265,6 +266,11 @@ def write_pyramidal_tiff(
                 if mpp:
                     meta.update(PhysicalSizeX=mpp, PhysicalSizeXUnit="µm",
                                 PhysicalSizeY=mpp, PhysicalSizeYUnit="µm")
+                if ome_origin_um is not None:
+                    meta["Plane"] = {"PositionX": [float(ome_origin_um[0])],
+                                     "PositionXUnit": ["µm"],
+                                     "PositionY": [float(ome_origin_um[1])],
+                                     "PositionYUnit": ["µm"]}
                 kw0 = page_kwargs(levels[0])
                 kw0["metadata"] = meta
                 tw.write(level_tiles(levels[0]), subifds=len(levels) - 1, **kw0)

@@ -11,9 +11,10 @@ Files read by :func:`load_tile_maps` (until ``SlideResult`` is plugged in):
   other (N,) array is one value layer named by its key. Layers at another scale use keys
   suffixed ``@<scale>`` with their own ``coords_xy@<scale>`` and ``tile_size@<scale>``
   (e.g. ``attention@5x``). A layer whose name starts with ``attention`` is attention,
-  anything else an instance score.
+  anything else an instance score. Optional ``stride_px[@<scale>]`` () float: the lattice
+  stride in level-0 px (default: inferred from the coordinates, see :func:`lattice_stride_px`).
 * ``.json``: ``{"mpp": 0.5, "maps": [{"name", "scale", "kind", "tile_size", "coords_xy",
-  "values"}, ...]}``.
+  "values", "stride_px" (optional)}, ...]}``.
 
 Both may name the slide they were computed on (``slide_name``, ``slide_hash``, written by
 :func:`save_tile_maps` when the maps know it); :func:`check_same_slide` then refuses to apply
@@ -36,7 +37,8 @@ from ..errors import ResultError
 from .atomic import atomic_path, atomic_write_text
 from .unicode_text import without_lone_surrogates
 
-__all__ = ["TileKind", "TileValues", "check_same_slide", "load_tile_maps", "save_tile_maps"]
+__all__ = ["TileKind", "TileValues", "check_same_slide", "lattice_stride_px", "load_tile_maps",
+           "save_tile_maps"]
 
 #: relative difference of two pixel sizes still taken as the same slide scan
 MPP_RTOL = 1e-3
@@ -65,6 +67,32 @@ def check_same_slide(slide, *, name: str | None, content_hash: str | None, mpp: 
             "analyse it again.")
 
 
+def lattice_stride_px(coords_xy: np.ndarray, tile_size: float) -> float:
+    """The stride (level-0 px, may be fractional) of the global lattice from (0, 0) that the
+    tile corners ``coords_xy`` lie on, each rounded to a whole pixel: the tile size when
+    they fit it, else the step between neighbouring tiles refined over the farthest one
+    (a 256.51-px stride written as corners 0, 257, 513, … gives 256.51, not 256)."""
+    coords = np.asarray(coords_xy, dtype=np.float64).reshape(-1, 2)
+    size = float(tile_size)
+
+    def fits(s: float) -> bool:
+        return bool(np.all(np.abs(coords - np.round(coords / s) * s) <= 1.0 + 1e-6))
+
+    if len(coords) == 0 or fits(size):
+        return size
+    steps = [np.diff(np.unique(coords[:, k])) for k in (0, 1)]
+    steps = np.concatenate([s[s > 0] for s in steps])
+    if not steps.size:
+        return size
+    s0 = float(steps.min())
+    far = float(coords.max())
+    n = round(far / s0)
+    for cand in ((far / n) if n else s0, s0, s0 + 1.0):
+        if cand > 0 and fits(cand):
+            return float(cand)
+    return s0
+
+
 class TileKind(StrEnum):
     ATTENTION = "attention"  # normalised weights (relative within a slide)
     INSTANCE_SCORE = "instance_score"  # probability-like evidence per tile
@@ -73,7 +101,9 @@ class TileKind(StrEnum):
 @dataclass(frozen=True, eq=False)
 class TileValues:
     """Values on tiles: ``coords_xy`` (N, 2) level-0 top-left corners, square tiles of
-    ``tile_size`` level-0 px, ``values`` (N,). ``mpp`` is the slide's level-0 pixel size."""
+    ``tile_size`` level-0 px, ``values`` (N,). ``mpp`` is the slide's level-0 pixel size.
+    ``stride_px``: the lattice stride in level-0 px (fractional at real pixel sizes; default
+    inferred from the corners, :func:`lattice_stride_px`); read it as :attr:`stride`."""
 
     coords_xy: np.ndarray
     tile_size: int
@@ -86,6 +116,7 @@ class TileValues:
     slide_name: str | None = None
     slide_hash: str | None = None
     slide_dimensions: tuple[int, int] | None = None
+    stride_px: float | None = None
 
     def __post_init__(self) -> None:
         coords = np.asarray(self.coords_xy)
@@ -118,6 +149,13 @@ class TileValues:
         object.__setattr__(self, "values", values)
         object.__setattr__(self, "tile_size", int(self.tile_size))
         object.__setattr__(self, "kind", TileKind(self.kind))
+        stride = self.stride_px
+        if stride is None:
+            stride = lattice_stride_px(coords, self.tile_size)
+        if not (np.isfinite(stride) and stride > 0):
+            raise ResultError(
+                f"Tile map {self.name!r}: stride_px must be positive, got {self.stride_px}.")
+        object.__setattr__(self, "stride_px", float(stride))
 
     def __len__(self) -> int:
         return int(self.values.shape[0])
@@ -125,6 +163,11 @@ class TileValues:
     @property
     def label(self) -> str:
         return f"{self.name} {self.scale}".strip()
+
+    @property
+    def stride(self) -> float:
+        """The lattice stride in level-0 px."""
+        return float(self.stride_px)
 
     @property
     def tile_area(self) -> float:
@@ -192,7 +235,7 @@ def _load_npz(path: Path) -> list[TileValues]:
     out = []
     for key, arr in arrays.items():
         base, _, scale = key.partition("@")
-        if base in ("coords_xy", "tile_size"):
+        if base in ("coords_xy", "tile_size", "stride_px"):
             continue
         suffix = f"@{scale}" if scale else ""
         out.append(
@@ -206,6 +249,8 @@ def _load_npz(path: Path) -> list[TileValues]:
                 kind=_kind(base),
                 slide_name=text.get("slide_name") or None,
                 slide_hash=text.get("slide_hash") or None,
+                stride_px=(float(arrays[f"stride_px{suffix}"])
+                           if f"stride_px{suffix}" in arrays else None),
             )
         )
     return out
@@ -231,6 +276,7 @@ def _load_json(path: Path, size: int) -> list[TileValues]:
             kind=m.get("kind") or _kind(str(m.get("name", ""))),
             slide_name=doc.get("slide_name"),
             slide_hash=doc.get("slide_hash"),
+            stride_px=m.get("stride_px"),
         )
         for m in doc["maps"]
     ]
@@ -276,6 +322,7 @@ def save_tile_maps(maps: Sequence[TileValues], path: PathLike, *, overwrite: boo
                     "tile_size": m.tile_size,
                     "coords_xy": m.coords_xy.tolist(),
                     "values": m.values.tolist(),
+                    "stride_px": m.stride,
                 }
                 for m in maps
             ],
@@ -287,6 +334,7 @@ def save_tile_maps(maps: Sequence[TileValues], path: PathLike, *, overwrite: boo
         suffix = f"@{m.scale}" if m.scale else ""
         arrays[f"coords_xy{suffix}"] = m.coords_xy
         arrays[f"tile_size{suffix}"] = np.int64(m.tile_size)
+        arrays[f"stride_px{suffix}"] = np.float64(m.stride)
         arrays[f"{m.name}{suffix}"] = m.values
     with atomic_path(p, overwrite=overwrite) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **arrays)
