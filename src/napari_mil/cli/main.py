@@ -25,6 +25,7 @@ VERBS: dict[str, str] = {
     "view": "napari_mil.cli.view",
     "compare": "napari_mil.cli.compare",
     "export": "napari_mil.cli.export",
+    "report": "napari_mil.cli.report",
     "extract": "napari_mil.cli.extract",
     "train-extractor": "napari_mil.cli.train_extractor",
 }

@@ -1,0 +1,79 @@
+"""``napari-mil report RESULT --slide SLIDE --out report.html``: a review report to file or share.
+
+One self-contained HTML page (every picture embedded): the slide with each heatmap, attention
+per magnification, the top-k tiles with the reviewer's ✓/✗ marks, the agreement with the
+annotations (the numbers of ``napari-mil compare``) with ROC/PR curves, the slide
+probabilities and the provenance (slide hash, model card, extractor, settings, versions).
+``--pdf`` also prints it to PDF when WeasyPrint or a Chromium browser is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("report", help="a self-contained HTML review report of one result",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("result", type=Path, help="saved result (.npz written by an analysis)")
+    p.add_argument("--slide", "-s", type=Path, required=True, help="the slide the result is of")
+    p.add_argument("--mpp", type=float, default=None,
+                   help="pixel size (µm/px) when the slide does not record it")
+    p.add_argument("--annotations", "-a", type=Path, default=None,
+                   help="QuPath GeoJSON or ASAP XML: adds the agreement table and curves")
+    p.add_argument("--marks", type=Path, default=None,
+                   help="tile-marks CSV (slide, scale, index, review) from the gallery or a "
+                        "cohort review; overrides the marks saved in the result")
+    p.add_argument("--out", "-o", type=Path, required=True, help="the HTML file to write")
+    p.add_argument("--pdf", action="store_true", help="also write <out>.pdf")
+    p.add_argument("--positive", nargs="+", default=None, metavar="CLASS",
+                   help="classes that count as positive (default as in `napari-mil compare`)")
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--top-k", type=int, default=10, help="k of the top-k hit rate (default 10)")
+    p.add_argument("--min-coverage", type=float, default=0.5)
+    p.add_argument("--gallery", type=int, default=12, help="tiles in the gallery (default 12)")
+    p.add_argument("--lenient", action="store_true",
+                   help="load the valid part of a damaged annotation file")
+    p.add_argument("--overwrite", action="store_true", help="replace existing files")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..inference.result import load_result
+    from ..io.annotations import read_annotations
+    from ..io.atomic import check_writable
+    from ..io.review_marks import marks_for_slide, read_tile_marks
+    from ..io.slide import open_slide
+    from ..report import ReportSettings, build_report, html_to_pdf, write_report
+
+    check_writable(args.out, overwrite=args.overwrite)
+    pdf = args.out.with_suffix(".pdf")
+    if args.pdf:
+        check_writable(pdf, overwrite=args.overwrite)
+    result = load_result(args.result)
+    anns = None
+    if args.annotations is not None:
+        anns = read_annotations(args.annotations, strict=not args.lenient,
+                                slide_dimensions=result.slide_dimensions)
+        if anns.report and anns.report.skipped:
+            print(anns.report.summary(), file=sys.stderr)
+    reviews = None
+    if args.marks is not None:
+        reviews = marks_for_slide(read_tile_marks(args.marks), result.slide_name)
+    settings = ReportSettings(
+        positive_classes=tuple(args.positive) if args.positive else None,
+        threshold=args.threshold, top_k=args.top_k, min_coverage=args.min_coverage,
+        gallery_k=args.gallery)
+    with open_slide(args.slide, mpp=args.mpp) as slide:
+        report = build_report(result, slide, annotations=anns, reviews=reviews, settings=settings,
+                              result_path=args.result,
+                              annotations_source=args.annotations.name if anns else "",
+                              marks_source=args.marks.name if args.marks else "")
+    out = write_report(report, args.out, overwrite=args.overwrite)
+    print(f"report: {out}")
+    if args.pdf:
+        print(f"pdf: {html_to_pdf(out, pdf, overwrite=args.overwrite)}")
+    return 0

@@ -1,0 +1,87 @@
+"""The cohort dock in a real viewer: table, sort, open next slide, verdict and marks saved."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+from qtpy.QtCore import Qt
+
+from napari_mil.cohort_review import TILE_MARKS_CSV, VERDICTS_CSV, CohortReview
+from napari_mil.io.review_marks import read_tile_marks
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture
+def dock(make_napari_viewer, infer_folder, qtbot):
+    from napari_mil._widgets.cohort_dock import CohortDock
+
+    out, slides = infer_folder
+    for name in (VERDICTS_CSV, TILE_MARKS_CSV):
+        (out / name).unlink(missing_ok=True)
+    viewer = make_napari_viewer()
+    tile = {"value": None}
+    w = CohortDock(viewer, CohortReview.open(out), search_dirs=[slides],
+                   current_tile=lambda: tile["value"])
+    viewer.window.add_dock_widget(w, name="Cohort", area="right")
+    w._tile = tile
+    return w
+
+
+def _column(table, c):
+    return [table.item(r, c).text() for r in range(table.rowCount())]
+
+
+def test_table_sort_filter(dock, qtbot):
+    t = dock.table
+    assert _column(t, 0) == ["case-01", "case-02", "case-03", "case-04"]
+    assert t.horizontalHeaderItem(2).text() == "p(positive)"
+    assert _column(t, 3) == ["ok", "ok", "ok", "failed"]
+    assert dock.progress_label.text() == "0 of 3 reviewed (1 without a result)"
+    dock._sort_by_column(2)  # probability, highest first
+    ps = [float(v) for v in _column(t, 2)[:3]]
+    assert ps == sorted(ps, reverse=True) and _column(t, 2)[3] == "—"
+    dock.filter_edit.setText("03")
+    assert _column(t, 0) == ["case-03"]
+
+
+def test_open_next_slide_verdict_and_marks(dock, qtbot, infer_folder):
+    out, slides = infer_folder
+    viewer = dock.viewer
+    qtbot.mouseClick(dock.next_button, Qt.LeftButton)
+    assert dock.current_key == "case-01"
+    names = [layer.name for layer in viewer.layers]
+    assert names[0] == "case-01" and any("instance scores" in n or "attention" in n
+                                         for n in names)
+    assert "no annotations found" in dock.status_label.text()
+    dock.comment_edit.setText("clear call")
+    qtbot.mouseClick(dock.verdict_buttons["agree"], Qt.LeftButton)
+    # the next slide replaces the first one and brings its annotations (found by name)
+    qtbot.mouseClick(dock.next_button, Qt.LeftButton)
+    assert dock.current_key == "case-02"
+    names = [layer.name for layer in viewer.layers]
+    assert "case-01" not in names and names[0] == "case-02"
+    assert any("case-02 · annotations" in n for n in names)
+    dock._tile["value"] = ("20x", 3, (512, 256), 256.0)
+    qtbot.mouseClick(dock.tile_disagree, Qt.LeftButton)
+    qtbot.mouseClick(dock.verdict_buttons["unsure"], Qt.LeftButton)
+    assert dock.progress_label.text() == "2 of 3 reviewed (1 without a result)"
+    assert _column(dock.table, 4)[:3] == ["agree", "unsure", "unreviewed"]
+    with open(out / VERDICTS_CSV, newline="") as fh:
+        rows = {r["slide"]: (r["verdict"], r["comment"]) for r in csv.DictReader(fh)}
+    assert rows == {"case-01": ("agree", "clear call"), "case-02": ("unsure", "")}
+    (m,) = read_tile_marks(out / TILE_MARKS_CSV)
+    assert (m.slide, m.scale, m.index, m.x, m.y, m.review.value) == (
+        "case-02", "20x", 3, 512, 256, "disagree")
+    # skip reviewed: from the start, the only unreviewed slide with a result
+    dock.unreviewed_only.setChecked(True)
+    dock.current_key = None
+    assert dock.open_next(1) == "case-03"
+    assert dock.open_next(1) is None and dock.status_label.text() == "end of the list"
+
+
+def test_failed_slide_does_not_open(dock, qtbot):
+    dock.open_key("case-04")
+    assert dock.current_key is None
+    assert "case-04 has no result (failed" in dock.status_label.text()
