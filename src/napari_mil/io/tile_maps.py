@@ -209,7 +209,7 @@ def _load_npz(path: Path) -> list[TileValues]:
 
     for key, m in members.items():
         base = key.partition("@")[0]
-        if key in _TEXT_KEYS or key == "mpp" or base == "tile_size":
+        if key in _TEXT_KEYS or key == "mpp" or base in ("tile_size", "stride_px"):
             if math.prod(m.shape) != 1 or (key in _TEXT_KEYS) != (m.dtype.kind == "U"):
                 raise bad(key, f"has shape {m.shape} {m.dtype}; expected one "
                                f"{'text' if key in _TEXT_KEYS else 'number'}")
@@ -249,7 +249,7 @@ def _load_npz(path: Path) -> list[TileValues]:
                 kind=_kind(base),
                 slide_name=text.get("slide_name") or None,
                 slide_hash=text.get("slide_hash") or None,
-                stride_px=(float(arrays[f"stride_px{suffix}"])
+                stride_px=(float(arrays[f"stride_px{suffix}"].reshape(-1)[0])
                            if f"stride_px{suffix}" in arrays else None),
             )
         )
