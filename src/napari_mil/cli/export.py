@@ -41,6 +41,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     h.add_argument("--layer", default=None, help="layer name[@scale] (default: the first)")
     h.add_argument("--slide", type=Path, default=None, help="slide, to cover its full extent")
     h.add_argument("--dtype", choices=("float32", "uint8"), default="float32")
+    h.add_argument("--pixel-size-um", type=float, default=None,
+                   help="resample to this pixel size in µm (default: the tile lattice, one "
+                        "pixel per tile)")
     common(h)
 
     r = what.add_parser(
@@ -112,10 +115,12 @@ def run(args: argparse.Namespace) -> int:
 
             with open_slide(args.slide) as slide:
                 dims = slide.dimensions
+        px = args.pixel_size_um
         if out.suffix.lower() == ".zarr":
-            write_heatmap_zarr(tv, out, slide_dimensions=dims, overwrite=ow)
+            write_heatmap_zarr(tv, out, slide_dimensions=dims, pixel_size_um=px, overwrite=ow)
         else:
-            write_heatmap_tiff(tv, out, slide_dimensions=dims, dtype=args.dtype, overwrite=ow)
+            write_heatmap_tiff(tv, out, slide_dimensions=dims, dtype=args.dtype,
+                               pixel_size_um=px, overwrite=ow)
     else:
         from ..config import mpp_from_magnification
         from ..export import export_rois, rois_from_annotations, rois_from_top_k
