@@ -11,8 +11,13 @@ Cases (each run in a fresh process, as tests/hostile/test_hostile_load.py does):
   agreement (step timings of the same calls are in bench/annotations.py);
 * ``forward`` — every zoo model on a 200k-instance bag (D = 64) under inference_mode, against
   the floor of one (N, D) × (D, 128) matmul; TransMIL also at its documented limit.
+* ``infer`` — what ``napari-mil infer`` runs per slide (``batch.process_slide``: tissue, tiles,
+  features, model, result, tiles CSV/GeoJSON, heatmap OME-TIFF) on island slides at scanner
+  geometry: 100,000 × 80,000 px at 0.2527 µm/px and 46,000 × 32,914 px at 0.499 µm/px (the
+  full CMU-1 size), against the same islands on a 10,000 × 8,000 px slide (baseline; ratio =
+  growth with slide size). Peak RSS is the child's VmHWM; the target is < 2 GB.
 
-    python bench/load.py [--quick] [--runs N] [--out bench/results/load.json]
+    python bench/load.py [--quick] [--runs N] [--only infer] [--out bench/results/load.json]
 
 ``--quick``: write + slide once, annotations at 5k, forward for abmil / transmil only.
 """
@@ -69,6 +74,57 @@ with torch.inference_mode():
 print("RESULT " + json.dumps({{"seconds": time.perf_counter() - t0,
                               "peak_rss_mb": H.peak_rss_mb()}}))
 """
+
+
+_INFER = """
+import json, sys, time
+sys.path.insert(0, {hostile!r})
+import _hostile_load as H
+from napari_mil.batch import process_slide
+from napari_mil.io.samples import sample_file
+t0 = time.perf_counter()
+out = process_slide({path!r}, str(sample_file("model-abmil.safetensors")), {out!r},
+                    {{"device": "cpu", "use_cache": False}}, overwrite=True)
+assert out.status == "ok", out.error
+print("RESULT " + json.dumps({{"seconds": time.perf_counter() - t0,
+                              "peak_rss_mb": H.peak_rss_mb()}}))
+"""
+
+_INFER_SLIDE = """
+import json, sys
+from napari_mil.synthetic import SyntheticSlideSpec
+from napari_mil.synthetic.islands import Island, generate_island_slide
+h, w, mpp = {size_hw[0]}, {size_hw[1]}, {mpp}
+isl = [Island((int(w * fx), int(h * fy)), SyntheticSlideSpec((2048, 2048), mpp=mpp, seed=s,
+              n_tissue_pieces=1, faint_tissue=False))
+       for s, (fx, fy) in enumerate(((0.2, 0.25), (0.55, 0.5)))]
+generate_island_slide({path!r}, isl, (h, w), mpp=mpp, overwrite=True)
+print("RESULT {{}}")
+"""
+
+#: (label, (height, width), mpp) of the infer cases; the first is the baseline
+INFER_CASES = (("10k x 8k @0.2527 (baseline)", (8_000, 10_000), 0.2527),
+               ("100k x 80k @0.2527", (80_000, 100_000), 0.2527),
+               ("46k x 32.9k @0.499", (32_914, 46_000), 0.499))
+
+
+def bench_infer(folder: Path, runs: int) -> list[dict]:
+    hostile = str(REPO / "tests" / "hostile")
+    rows = []
+    for label, size_hw, mpp in INFER_CASES:
+        path = folder / f"infer_{size_hw[1]}x{size_hw[0]}.svs"
+        _child_py(_INFER_SLIDE.format(size_hw=size_hw, mpp=mpp, path=str(path)))
+        outs = [_child_py(_INFER.format(hostile=hostile, path=str(path),
+                                        out=str(folder / "infer_out"))) for _ in range(runs)]
+        rows.append({"case": label, "size_hw": list(size_hw), "mpp": mpp,
+                     "seconds": _median(outs, "seconds"),
+                     "peak_rss_mb": max(o["peak_rss_mb"] for o in outs)})
+        path.unlink()
+    base = rows[0]
+    for r in rows:
+        r["rss_ratio_vs_baseline"] = r["peak_rss_mb"] / base["peak_rss_mb"]
+        r["time_ratio_vs_baseline"] = r["seconds"] / base["seconds"]
+    return rows
 
 
 def _median(runs: list[dict], key: str) -> float:
@@ -151,8 +207,12 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="one run, fewer cases")
     ap.add_argument("--runs", type=int, default=None)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "load.json")
+    ap.add_argument("--only", choices=("infer",), default=None,
+                    help="run one case only (results/load_<case>.json unless --out)")
     args = ap.parse_args(argv)
     runs = args.runs or (1 if args.quick else 3)
+    if args.only == "infer":
+        return _main_infer(args, runs)
     from napari_mil.models.registry import list_models
 
     models = ["abmil", "transmil"] if args.quick else list_models()
@@ -174,6 +234,11 @@ def main(argv=None) -> int:
         for name, st in s["stages"].items():
             print(f"  {name:10s} {st['seconds']:7.2f} s  peak {st['peak_rss_mb']:7.0f} MB")
         n = 5_000 if args.quick else 50_000
+        results["infer"] = bench_infer(folder, 1 if args.quick else 3)
+        print(f"{'infer (process_slide)':30s} {'seconds':>8s} {'peak MB':>8s} {'×RSS':>6s}")
+        for r in results["infer"]:
+            print(f"{r['case']:30s} {r['seconds']:8.1f} {r['peak_rss_mb']:8.0f} "
+                  f"{r['rss_ratio_vs_baseline']:6.2f}")
         results["annotations"] = bench_annotations(folder, n, 1 if args.quick else 2)
         a = results["annotations"]
         print(f"annotations {n}: {a['wall_s']:.1f} s, peak RSS {a['peak_rss_mb']:.0f} MB "
@@ -190,6 +255,26 @@ def main(argv=None) -> int:
     atomic_write_text(args.out, json.dumps(results, indent=1), overwrite=True)
     print(f"load average: start {load0[0]:.1f}, end {results['loadavg_end'][0]:.1f}; "
           f"wrote {args.out}")
+    return 0
+
+
+def _main_infer(args, runs: int) -> int:
+    from napari_mil.io.atomic import atomic_write_text
+
+    out = args.out if args.out != HERE / "results" / "load.json" else (
+        HERE / "results" / "load_infer.json")
+    load0 = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = bench_infer(Path(tmp), runs)
+    print(f"{'infer (process_slide)':30s} {'seconds':>8s} {'peak MB':>8s} {'×RSS':>6s} "
+          f"{'×time':>6s}")
+    for r in rows:
+        print(f"{r['case']:30s} {r['seconds']:8.1f} {r['peak_rss_mb']:8.0f} "
+              f"{r['rss_ratio_vs_baseline']:6.2f} {r['time_ratio_vs_baseline']:6.2f}")
+    res = {"runs": runs, "rss_limit_mb": H.RSS_LIMIT_MB, "loadavg_start": load0,
+           "loadavg_end": os.getloadavg(), "infer": rows}
+    atomic_write_text(out, json.dumps(res, indent=1), overwrite=True)
+    print(f"wrote {out}")
     return 0
 
 

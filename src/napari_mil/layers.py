@@ -71,17 +71,11 @@ def layer_name(slide_name: str, what: str, scale: str | None = None) -> str:
 
 
 def lattice_stride_level0(scale_map) -> float:
-    """The lattice stride of a ScaleMap's tiles in level-0 px (tile size unless they overlap)."""
-    size = float(scale_map.tile_size_level0)
-    coords = scale_map.coords_xy
-    if len(coords) == 0:
-        return size
-    frac = np.abs(coords / size - np.round(coords / size))
-    if float(frac.max()) < 0.02:
-        return size
-    steps = [np.diff(np.unique(coords[:, k])) for k in (0, 1)]
-    steps = np.concatenate([s[s > 0] for s in steps])
-    return float(steps.min()) if steps.size else size
+    """The lattice stride of a ScaleMap's tiles in level-0 px (tile size unless they overlap;
+    fractional at real scanner pixel sizes), as the heatmap exports use it."""
+    from .io.tile_maps import lattice_stride_px
+
+    return lattice_stride_px(scale_map.coords_xy, scale_map.tile_size_level0)
 
 
 def tile_heatmap(scale_map, values: np.ndarray, *,

@@ -107,3 +107,10 @@ def test_cli_heatmap(tmp_path, make_slide):
     )
     assert out.exists() and (tmp_path / "h.ome.tif.json").exists()
     assert main(["export", "heatmap", str(table), "--out", str(tmp_path / "h.zarr")]) == 0
+    fine = tmp_path / "fine.ome.tif"
+    assert main(["export", "heatmap", str(table), "--slide", str(slide_path), "--out", str(fine),
+                 "--pixel-size-um", "32"]) == 0
+    side = json.loads((tmp_path / "fine.ome.tif.json").read_text())
+    assert side["pixel_size_um"] == pytest.approx(32.0) and side["shape_hw"] == [8, 12]
+    assert main(["export", "heatmap", str(table), "--out", str(tmp_path / "l0.ome.tif"),
+                 "--pixel-size-um", "0.001"]) == 2  # a level-0-sized raster is refused

@@ -108,3 +108,12 @@ def test_infer_runs_on_a_series_folder(series, tmp_path):
     result = load_result(tmp_path / "out" / "case-7" / "result.npz")
     assert result.slide_name == "case-7" and result.slide_mpp == pytest.approx(MPP)
     assert len(result.scales["20x"]) > 0
+
+
+def test_an_openslide_without_dicom_support_is_named(series, monkeypatch):
+    from napari_mil.errors import UnsupportedSlideError
+
+    folder, _, _ = series
+    monkeypatch.setattr(openslide, "__library_version__", "3.4.1")
+    with pytest.raises(UnsupportedSlideError, match=r"DICOM needs 4.0 or newer.*openslide-bin>=4"):
+        open_slide(folder)

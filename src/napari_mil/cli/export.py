@@ -49,6 +49,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     h.add_argument("--slide", type=Path, default=None, help="slide, to cover its full extent")
     h.add_argument("--dtype", choices=("float32", "uint8"), default="float32")
     h.add_argument("--slide-mpp", type=float, default=None, help="override the slide's mpp")
+    h.add_argument("--pixel-size-um", type=float, default=None,
+                   help="resample to this pixel size in µm (default: the tile lattice, one "
+                        "pixel per tile)")
     common(h)
 
     r = what.add_parser(
@@ -130,11 +133,13 @@ def run(args: argparse.Namespace) -> int:
         from ..export import write_heatmap_tiff, write_heatmap_zarr
 
         tv = _pick(load_tile_maps(args.result), args.layer)
+        px = args.pixel_size_um
         with _open(args.slide, args.slide_mpp) as slide:
             if out.suffix.lower() == ".zarr":
-                write_heatmap_zarr(tv, out, slide=slide, overwrite=ow)
+                write_heatmap_zarr(tv, out, slide=slide, pixel_size_um=px, overwrite=ow)
             else:
-                write_heatmap_tiff(tv, out, slide=slide, dtype=args.dtype, overwrite=ow)
+                write_heatmap_tiff(tv, out, slide=slide, dtype=args.dtype, pixel_size_um=px,
+                                   overwrite=ow)
     else:
         from ..config import mpp_from_magnification
         from ..export import export_rois, rois_from_annotations, rois_from_top_k

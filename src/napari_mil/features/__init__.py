@@ -32,6 +32,9 @@ _API = {
     "extract_concentric": "napari_mil.features.extract",
     "run_to_end": "napari_mil.features.extract",
     "FeatureSet": "napari_mil.io.feature_set",
+    "read_slide_features": "napari_mil.features.match",
+    "check_features_fit": "napari_mil.features.match",
+    "find_feature_file": "napari_mil.features.match",
 }
 
 __all__ = sorted(_API)
