@@ -124,3 +124,15 @@ def test_multiscale_bags_refuse_standardisation():
     cfg = TrainConfig(model="zoommil", epochs=1, standardize=True, device="cpu")
     with pytest.raises(ConfigError, match="multi-scale bags"):
         collect(train(cfg, ds))
+
+
+def test_zoommil_with_a_standardised_card_is_refused_before_any_work(make_slide):
+    from napari_mil.models.checkpoint import make_card
+    from napari_mil.models.registry import create_model
+
+    model = create_model("zoommil", in_dim=4, scales=["5x", "20x"])
+    card = make_card(model)
+    model.card = card.replace(feature_norm=FeatureNorm((0.0,) * 4, (2.0,) * 4))
+    slide = nm.open_slide(make_slide("z.svs", size=(512, 512), mpp=0.2527))
+    with pytest.raises(ConfigError, match="cannot apply the card's feature standardisation"):
+        next(nm.run_slide(slide, model, settings=RunSettings(device="cpu")))
