@@ -1,6 +1,6 @@
 """Nested 5-fold cross-validation on a MIL benchmark in instance-table form.
 
-    python bench/instance_table_cv.py [--seed 0] [--model abmil] [--out bench/results/instance_table_cv.json]
+    python bench/instance_table_cv.py [--seed 0] [--model abmil] [--out FILE.json]
 
 Writes a table shaped like the public MIL benchmarks (MUSK, Elephant/Fox/Tiger): one row per
 instance, header-less, columns ``label, bag id, f0 … f699``; 60 bags (30 positive) of 4–36
@@ -60,7 +60,7 @@ def make_table(path: Path, seed: int = 0) -> dict:
         z = rng.normal(size=(n, N_LATENT))
         if label:
             k = int(rng.integers(1, 5))
-            z[:k] += 2.2 * concept
+            z[:k] += 3.0 * concept
             n_key += k
         x = z @ loading + 0.5 * rng.normal(size=(n, N_FEATURES))
         x = offset + scale * x
