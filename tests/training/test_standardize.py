@@ -124,3 +124,40 @@ def test_multiscale_bags_refuse_standardisation():
     cfg = TrainConfig(model="zoommil", epochs=1, standardize=True, device="cpu")
     with pytest.raises(ConfigError, match="multi-scale bags"):
         collect(train(cfg, ds))
+
+
+def test_zoommil_with_a_standardised_card_is_refused_before_any_work(make_slide):
+    from napari_mil.models.checkpoint import make_card
+    from napari_mil.models.registry import create_model
+
+    model = create_model("zoommil", in_dim=4, scales=["5x", "20x"])
+    card = make_card(model)
+    model.card = card.replace(feature_norm=FeatureNorm((0.0,) * 4, (2.0,) * 4))
+    slide = nm.open_slide(make_slide("z.svs", size=(512, 512), mpp=0.2527))
+    with pytest.raises(ConfigError, match="cannot apply the card's feature standardisation"):
+        next(nm.run_slide(slide, model, settings=RunSettings(device="cpu")))
+
+
+def test_holdout_fits_the_standardisation_on_the_training_split_of_an_h5_folder(tmp_path):
+    import h5py
+
+    from napari_mil.training.splits import stratified_split
+
+    feats = tmp_path / "h5"
+    feats.mkdir()
+    rows = ["slide_id,label"]
+    for b in simulate_bags(n_bags=10, dim=4):
+        with h5py.File(feats / f"{b.name}.h5", "w") as fh:
+            fh["features"] = b.features.numpy() * 3.0 - 7.0
+        rows.append(f"{b.name},{b.label}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    ds = BagDataset.from_h5_folder(feats, tmp_path / "labels.csv")
+    cfg = TrainConfig(model="minet", model_kwargs={"hidden_dim": 8}, epochs=2, batch_size=4,
+                      standardize=True, val_fraction=0.3, device="cpu")
+    _, res = collect(train(cfg, ds, tmp_path / "run"))
+    tr, va = stratified_split(ds.labels, 0.3, seed=0)
+    assert len(va) > 0
+    assert res.card.feature_norm == fit_feature_norm(ds.subset(tr).iter_features())
+    assert res.card.feature_norm != fit_feature_norm(ds.iter_features())
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["standardize"] is True and config["data"]["kind"] == "h5_folder"

@@ -526,18 +526,18 @@ def run_slide(slide, model, *, extractor=None,
     check_card_scales(model.card)
     check_tile_budget(slide, model.card.scales)
     model = model.to(device).eval()
-    tissue = yield from _tile_stage(slide, settings)
     layout = input_layout(model)
+    if layout is InputLayout.PYRAMID and getattr(model.card, "feature_norm", None) is not None:
+        raise ConfigError(f"{model.card.architecture} selects tiles scale by scale and cannot "
+                          "apply the card's feature standardisation: remove 'feature_norm' "
+                          "from the card or retrain without standardisation.")
+    tissue = yield from _tile_stage(slide, settings)
     if features is None:
         extractor = _resolve_extractor(model, extractor, device)
         _check_extractor(model, extractor)
     elif layout is not InputLayout.BAG:
         raise ConfigError(f"Imported features work with single-scale models; "
                           f"{model.card.architecture} embeds its tiles itself.")
-    if layout is InputLayout.PYRAMID and getattr(model.card, "feature_norm", None) is not None:
-        raise ConfigError(f"{model.card.architecture} selects tiles scale by scale and cannot "
-                          "apply the card's feature standardisation: remove 'feature_norm' "
-                          "from the card or retrain without standardisation.")
     damage: dict = {}  # what was skipped over damaged tiles (ZoomMIL: flagged only)
     if layout is InputLayout.BAG:
         maps, probs, ex_card = yield from _run_bag(slide, model, tissue, extractor, features,

@@ -358,11 +358,6 @@ def standardized(ds: BagDataset | None, norm) -> BagDataset | None:
     return ds.map_features(norm.apply)
 
 
-def json_safe(obj: Any) -> Any:
-    """``obj`` with NaN/inf as None and numpy scalars as Python numbers (for JSON files)."""
-    return _json_safe(obj)
-
-
 def resolved_config(config: TrainConfig, card, dataset: BagDataset) -> dict:
     """``config.json``: the config as it ran, with the model kwargs and the data it read."""
     return {
@@ -376,15 +371,16 @@ def resolved_config(config: TrainConfig, card, dataset: BagDataset) -> dict:
     }
 
 
-def _json_safe(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
+    """``obj`` with NaN/inf as None and numpy scalars as Python numbers (for JSON files)."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, Mapping):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
+        return {str(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
+        return [json_safe(v) for v in obj]
     if isinstance(obj, (np.integer, np.floating)):
-        return _json_safe(obj.item())
+        return json_safe(obj.item())
     return obj
 
 
@@ -430,7 +426,7 @@ def train(
         dim,
         dataset.class_names,
         {"evaluation": "holdout", "best_epoch": res.best_epoch,
-         **{k: v for k, v in _json_safe(val).items() if v is not None}},
+         **{k: v for k, v in json_safe(val).items() if v is not None}},
         feature_norm=norm,
     )
     metrics = {
@@ -455,11 +451,11 @@ def train(
     if out is not None:
         save_model(res.model, card, out / "model.safetensors", overwrite=overwrite)
         atomic_write_text(
-            out / "metrics.json", json.dumps(_json_safe(metrics), indent=2), overwrite=overwrite
+            out / "metrics.json", json.dumps(json_safe(metrics), indent=2), overwrite=overwrite
         )
         atomic_write_text(
             out / "config.json",
-            json.dumps(_json_safe(resolved_config(config, card, dataset)), indent=2),
+            json.dumps(json_safe(resolved_config(config, card, dataset)), indent=2),
             overwrite=overwrite,
         )
     return TrainResult(res.model, card, metrics, out)
