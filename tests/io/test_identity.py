@@ -74,3 +74,30 @@ def test_pipes_and_missing_files_are_clear_errors(tmp_path):
         file_identity(fifo, cache_dir=False)
     with pytest.raises(CheckpointError, match="Cannot read"):
         file_identity(tmp_path / "missing.safetensors", cache_dir=False, error=CheckpointError)
+
+
+def test_opening_a_slide_layer_does_not_wait_for_the_hash(make_slide, monkeypatch):
+    import threading
+
+    from napari_mil.io.slide import open_slide
+    from napari_mil.layers import slide_layer_data
+
+    identity._MEMORY.clear()
+    release, started = threading.Event(), threading.Event()
+    real = identity._hash_file
+
+    def slow(path, size):  # a file that takes long to read
+        started.set()
+        assert release.wait(30)
+        return real(path, size)
+
+    monkeypatch.setattr(identity, "_hash_file", slow)
+    path = make_slide("big.svs", size=(512, 512))
+    with open_slide(path) as slide:
+        ((_, kwargs, _),) = slide_layer_data(slide)  # returns while the hash is being read
+        assert kwargs["metadata"]["content_hash"] is None
+        assert started.wait(30)  # hashing runs in the background
+        release.set()
+        assert len(slide.content_hash) == 64
+        assert slide.metadata()["content_hash"] == slide.content_hash
+    identity._MEMORY.clear()
