@@ -31,9 +31,11 @@ def slide_layer_data(slide: Slide) -> list[LayerDataTuple]:
     ``scale`` is (mpp, mpp) so the slide lines up with every other layer in micrometres and
     the scale bar reads µm; without an mpp the layer stays in pixels. napari's own dask
     cache is switched off for the layer (``cache=False``): the slide keeps a bounded cache
-    of decoded tiles, so panning across a whole slide does not grow memory.
+    of decoded tiles, so panning across a whole slide does not grow memory. The slide's
+    whole-file content hash is computed in a background thread.
     """
-    meta = slide.metadata()
+    meta = slide.metadata(content_hash=False)  # opening stays instant: no whole-file read
+    slide.prefetch_content_hash()  # ready by the time an analysis needs it
     meta["path"] = str(slide.path)
     mpp = slide.mpp
     kwargs: dict[str, Any] = {

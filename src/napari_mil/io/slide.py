@@ -236,6 +236,8 @@ class Slide:
         self.level_dimensions = tuple((r.width, r.height) for r in readers)
         self.level_downsamples = tuple(float(d) for d in native_ds)
         self._content_hash: str | None = None  # hashed on first use (reads the whole file)
+        self._hash_lock = threading.Lock()
+        self._hash_thread: threading.Thread | None = None
         # graph names: this file + this open slide (two open copies never share dask keys)
         tag = f"{hashlib.blake2b(str(self.path).encode(), digest_size=6).hexdigest()}-{id(self):x}"
         self.pyramid = [_pyr.level_to_dask(r, f"napari-mil-{tag}-level{i}")
@@ -245,9 +247,25 @@ class Slide:
     def content_hash(self) -> str:
         """The hash of the slide file's whole content (computed on first use, then cached
         for this file version: see :mod:`napari_mil.io.identity`)."""
-        if self._content_hash is None:
-            self._content_hash = content_fingerprint(self.path)
-        return self._content_hash
+        with self._hash_lock:
+            if self._content_hash is None:
+                self._content_hash = content_fingerprint(self.path)
+            return self._content_hash
+
+    def prefetch_content_hash(self) -> None:
+        """Start hashing the file in a background thread (idempotent), so that the first use
+        of :attr:`content_hash` — e.g. when a viewer starts an analysis — does not wait for
+        a whole gigapixel file to be read. Errors surface when ``content_hash`` is read."""
+        if self._content_hash is not None or self._hash_thread is not None:
+            return
+
+        def run() -> None:
+            with contextlib.suppress(Exception):
+                _ = self.content_hash
+
+        self._hash_thread = threading.Thread(target=run, name=f"hash-{self.path.name}",
+                                             daemon=True)
+        self._hash_thread.start()
 
     # ------------------------------------------------------------------ backends
     def _open_backend(self):
@@ -501,8 +519,9 @@ class Slide:
         """Native tiles decoded (or read through a fallback backend) since the slide opened."""
         return sum(r.decoded for r in self._readers[: self.native_level_count])
 
-    def metadata(self) -> dict:
-        """JSON-able summary of the slide."""
+    def metadata(self, *, content_hash: bool = True) -> dict:
+        """JSON-able summary of the slide; ``content_hash=False`` leaves out the hash (it
+        reads the whole file the first time) unless it is known already."""
         r0 = self._readers[0]
         return {
             "name": self.name,
@@ -521,7 +540,7 @@ class Slide:
             "tile_size": [r0.tile_width, r0.tile_height],
             "fast_levels": [type(r).__name__ == "JpegTileLevel" for r in self._readers],
             "associated_images": sorted(self.associated_images),
-            "content_hash": self.content_hash,
+            "content_hash": self.content_hash if content_hash else self._content_hash,
             "damaged_tiles": [list(t) for t in sorted(self.damaged_tiles)],
         }
 
