@@ -112,7 +112,7 @@ def whole_coords(coords: np.ndarray, name: str, path: Path) -> np.ndarray:
                               f"{HINT}")
         if np.any(coords != np.round(coords)):
             raise ResultError(f"{path}: scale {name!r} has tile coordinates that are not whole "
-                              f"level-0 pixels (e.g. {coords[coords != np.round(coords)][0]}). "
+                              f"level-0 pixels (e.g. {float(coords[coords != np.round(coords)][0])}). "
                               f"{HINT}")
         if np.abs(coords).max(initial=0) > 2**53:
             raise ResultError(f"{path}: scale {name!r} has absurd tile coordinates. {HINT}")

@@ -100,7 +100,7 @@ class TileValues:
         if coords.dtype.kind == "f" and np.any(coords != np.round(coords)):
             raise ResultError(
                 f"Tile map {self.name!r}: coordinates must be whole level-0 pixels, got "
-                f"{coords[coords != np.round(coords)][0]!r}; round them where they were made."
+                f"{float(coords[coords != np.round(coords)][0])}; round them where they were made."
             )
         if not np.isfinite(float(self.tile_size)) or float(self.tile_size) != int(
             float(self.tile_size)
