@@ -110,10 +110,10 @@ def whole_coords(coords: np.ndarray, name: str, path: Path) -> np.ndarray:
         if not np.isfinite(coords).all():
             raise ResultError(f"{path}: scale {name!r} has NaN or infinite tile coordinates. "
                               f"{HINT}")
-        if np.any(coords != np.round(coords)):
+        frac = coords[coords != np.round(coords)]
+        if len(frac):
             raise ResultError(f"{path}: scale {name!r} has tile coordinates that are not whole "
-                              f"level-0 pixels (e.g. {coords[coords != np.round(coords)][0]}). "
-                              f"{HINT}")
+                              f"level-0 pixels (e.g. {float(frac[0])}). {HINT}")
         if np.abs(coords).max(initial=0) > 2**53:
             raise ResultError(f"{path}: scale {name!r} has absurd tile coordinates. {HINT}")
     return coords.astype(np.int64)

@@ -131,7 +131,7 @@ class TileValues:
         if coords.dtype.kind == "f" and np.any(coords != np.round(coords)):
             raise ResultError(
                 f"Tile map {self.name!r}: coordinates must be whole level-0 pixels, got "
-                f"{coords[coords != np.round(coords)][0]!r}; round them where they were made."
+                f"{float(coords[coords != np.round(coords)][0])}; round them where they were made."
             )
         if not np.isfinite(float(self.tile_size)) or float(self.tile_size) != int(
             float(self.tile_size)
@@ -214,9 +214,11 @@ def _load_npz(path: Path) -> list[TileValues]:
                 raise bad(key, f"has shape {m.shape} {m.dtype}; expected one "
                                f"{'text' if key in _TEXT_KEYS else 'number'}")
         elif base == "coords_xy":
-            if len(m.shape) != 2 or m.shape[1] != 2 or m.shape[0] > _MAX_TILES \
-                    or m.dtype.kind not in "fiu":
+            if len(m.shape) != 2 or m.shape[1] != 2 or m.dtype.kind not in "fiu":
                 raise bad(key, f"has shape {m.shape} {m.dtype}; expected (N, 2) numbers")
+            if m.shape[0] > _MAX_TILES:
+                raise bad(key, f"declares {m.shape[0]:,} tiles, more than any slide holds "
+                               f"({_MAX_TILES:,})")
         else:
             suffix = key[len(base):]
             coords = members.get(f"coords_xy{suffix}")
