@@ -275,7 +275,8 @@ def run_cohort(slides: Sequence[PathLike], checkpoint: PathLike, out_dir: PathLi
     """Analyse every slide (one dask task each); see the module docstring."""
     from distributed import as_completed
 
-    from .models.checkpoint import read_checkpoint_card
+    from .errors import CheckpointError
+    from .models.checkpoint import checkpoint_card
 
     # absolute paths: workers of a remote cluster may run in another directory
     slides = [Path(s).resolve() for s in slides]
@@ -283,7 +284,10 @@ def run_cohort(slides: Sequence[PathLike], checkpoint: PathLike, out_dir: PathLi
     check_unique_keys(slides)
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    card = read_checkpoint_card(checkpoint)
+    try:
+        card = checkpoint_card(checkpoint)  # embedded, or the card / torchmil JSON beside it
+    except CheckpointError:
+        card = None  # each slide reports the checkpoint's error
     class_names = list(card.class_names) if card else []
     outcomes: list[SlideOutcome] = []
     todo: list[Path] = []

@@ -17,7 +17,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                     "OUT/<slide>/{result.npz,tiles.csv,tiles.geojson,heatmap.ome.tif} and "
                     "OUT/summary.csv. A rerun skips slides whose outputs are complete.")
     p.add_argument("slides", nargs="+", help="slide files, folders or glob patterns")
-    p.add_argument("--checkpoint", "-c", required=True, type=Path, help="model .safetensors")
+    p.add_argument("--checkpoint", "-c", required=True, type=Path,
+                   help="model .safetensors, or a state_dict (.pt/.pth, original repositories' "
+                        "layouts included) with its card or torchmil JSON beside it")
     p.add_argument("--out", "-o", required=True, type=Path, help="output folder")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--scheduler", help="address of a running dask scheduler (tcp://host:8786)")
@@ -42,10 +44,10 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..batch import SlideStatus, expand_slides, run_cohort
-    from ..models.checkpoint import read_checkpoint_card
+    from ..models.checkpoint import checkpoint_card
 
     slides = expand_slides(args.slides)
-    read_checkpoint_card(args.checkpoint)  # fail fast on a bad checkpoint, before any worker starts
+    checkpoint_card(args.checkpoint)  # fail fast on a checkpoint without a valid card
     settings = {"device": args.device, "batch_size": args.batch_size, "min_tissue": args.min_tissue,
                 "num_workers": 2, "use_cache": not args.no_cache}
     if args.cache_dir is not None:  # absolute: workers may run in another directory
