@@ -81,6 +81,9 @@ def fill_kwargs(card: ModelCard, match: Match, source: str) -> ModelCard:
     """The card with the kwargs the file's tensor shapes determine; contradictions are errors."""
     fmt = match.foreign
     assert fmt is not None
+    problem = fmt.check_card(card) if fmt.check_card is not None else None
+    if problem:
+        raise CheckpointError(f"{source} is a {fmt.name} checkpoint ({fmt.source}): {problem}")
     inferred = dict(fmt.infer_kwargs(match.source_state))
     in_dim = inferred.pop("in_dim", None)
     if in_dim is not None and int(in_dim) != card.feature_dim:

@@ -65,6 +65,8 @@ class ForeignFormat:
     free_kwargs: tuple[str, ...] = ()
     #: the original's constructor defaults for kwargs shapes cannot tell (a card may override)
     defaults: tuple[tuple[str, Any], ...] = ()
+    #: ``check_card(card)`` → what the card must change for this layout, or None
+    check_card: Callable[[Any], str | None] | None = None
     notes: str = field(default="", compare=False)
 
     def matches(self, keys) -> bool:
