@@ -16,7 +16,6 @@ Every mismatch names the layout detected, the keys that matched and what to chan
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -272,11 +271,3 @@ def _outside_what(fmt: ForeignFormat | None, key: str) -> str:
 def _short(keys: list[str], n: int = 8) -> str:
     return str(keys[:n])[:-1] + (f", … {len(keys) - n} more]" if len(keys) > n else "]")
 
-
-def count_tensor_elements(state: Mapping[str, Any]) -> int:
-    return sum(int(v.numel()) for v in state.values() if hasattr(v, "numel"))
-
-
-def first_keys(state: Mapping[str, Any], pattern: str) -> list[str]:
-    rx = re.compile(pattern)
-    return [k for k in state if rx.search(k)]

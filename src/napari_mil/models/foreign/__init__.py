@@ -27,10 +27,7 @@ import importlib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    import torch
+from typing import Any
 
 __all__ = ["ForeignFormat", "Detection", "apply_rules", "list_formats", "detect_formats"]
 
@@ -162,6 +159,3 @@ def first_key(state: Mapping[str, Any], pattern: str) -> str | None:
     rx = re.compile(pattern)
     return next((k for k in state if rx.search(k)), None)
 
-
-def tensor(state: Mapping[str, Any], key: str) -> torch.Tensor:
-    return state[key]
