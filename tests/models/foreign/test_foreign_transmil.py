@@ -182,6 +182,7 @@ def test_padded_bags_run_one_at_a_time(load_original, assert_close):
     assert float(out.attention["20x"][1, 13:].abs().sum()) == 0.0
 
 
+@pytest.mark.slow
 def test_full_size_keys_and_the_torchmil_card_redirect(load_original):
     """At the original's own sizes (1024 → 512); a card naming torchmil's transmil is told."""
     net = _net(in_dim=1024, dim=512)
