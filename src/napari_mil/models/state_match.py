@@ -83,7 +83,14 @@ def fill_kwargs(card: ModelCard, match: Match, source: str) -> ModelCard:
     problem = fmt.check_card(card) if fmt.check_card is not None else None
     if problem:
         raise CheckpointError(f"{source} is a {fmt.name} checkpoint ({fmt.source}): {problem}")
-    inferred = dict(fmt.infer_kwargs(match.source_state))
+    try:
+        inferred = dict(fmt.infer_kwargs(match.source_state))
+    except (KeyError, ValueError, IndexError, TypeError) as exc:
+        what = f"it lacks {exc}" if isinstance(exc, KeyError) else "a tensor has an odd shape"
+        raise CheckpointError(
+            f"{source} looks like a {fmt.name} checkpoint ({fmt.source}) but is incomplete or "
+            f"damaged ({what}): save the whole model's state_dict again."
+        ) from None
     in_dim = inferred.pop("in_dim", None)
     if in_dim is not None and int(in_dim) != card.feature_dim:
         raise CheckpointError(

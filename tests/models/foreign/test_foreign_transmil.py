@@ -197,3 +197,15 @@ def test_full_size_keys_and_the_torchmil_card_redirect(load_original):
         load_original(sd, _card(in_dim=1024, architecture="transmil"), "TransMIL2.pth")
     assert "transmil-original layout (szc19990412/TransMIL" in str(info.value)
     assert "Set the card's architecture to 'transmil_original'" in str(info.value)
+
+
+def test_an_incomplete_original_checkpoint_says_so(load_original):
+    sd = _net().state_dict()
+    sd.pop("_fc2.weight")
+    with pytest.raises(CheckpointError, match=r"looks like a transmil-original checkpoint.*"
+                                              r"incomplete or damaged \(it lacks '_fc2.weight'\)"):
+        load_original(sd, _card())
+    sd = _net().state_dict()
+    sd["_fc1.0.weight"] = torch.zeros(3)
+    with pytest.raises(CheckpointError, match="a tensor has an odd shape"):
+        load_original(sd, _card(), "odd.pth")
