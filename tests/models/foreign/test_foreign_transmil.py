@@ -209,3 +209,13 @@ def test_an_incomplete_original_checkpoint_says_so(load_original):
     sd["_fc1.0.weight"] = torch.zeros(3)
     with pytest.raises(CheckpointError, match="a tensor has an odd shape"):
         load_original(sd, _card(), "odd.pth")
+
+
+def test_bags_over_the_memory_limit_are_refused_before_running(load_original):
+    from napari_mil.errors import ModelError
+
+    model = load_original(_net().state_dict(), _card())
+    model.max_forward_bytes = 50 * model.bytes_per_instance
+    with pytest.raises(ModelError, match="too large for TransMIL.*limit 50 instances"):
+        model(torch.randn(1, 51, 40))
+    assert model(torch.randn(1, 50, 40)).logits.shape == (1, 2)
