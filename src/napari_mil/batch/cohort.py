@@ -83,7 +83,7 @@ def expand_slides(patterns: Sequence[str]) -> list[Path]:
 def check_checkpoint(checkpoint: PathLike):
     """The checkpoint's model card (or None for a plain state dict); ``CheckpointError`` for a
     missing file, a folder or a file that is not a checkpoint."""
-    from ..models.checkpoint import read_checkpoint_card
+    from ..models.checkpoint import checkpoint_card
 
     path = Path(checkpoint).expanduser()
     try:
@@ -96,7 +96,7 @@ def check_checkpoint(checkpoint: PathLike):
                               "(.safetensors).")
     if not stat.S_ISREG(st.st_mode):
         raise CheckpointError(f"{path} is not a regular file: give a .safetensors checkpoint.")
-    return read_checkpoint_card(path)
+    return checkpoint_card(path)  # embedded, or the card / torchmil JSON beside it
 
 
 def _check_model_inputs(card, settings: dict[str, Any]) -> None:

@@ -102,9 +102,9 @@ def make_recipe(checkpoint: str | Path, settings: dict[str, Any] | None = None,
                       {k: run.get(k) for k in RESULT_SETTINGS})
     if ref is None:
         if card is None:
-            from ..models.checkpoint import read_checkpoint_card
+            from ..models.checkpoint import checkpoint_card
 
-            card = read_checkpoint_card(checkpoint)
+            card = checkpoint_card(checkpoint)
         ref = card.extractor.name if card is not None and card.extractor is not None else None
     ex_sha = None
     if ref is not None and Path(str(ref)).is_file():

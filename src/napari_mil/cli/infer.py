@@ -40,7 +40,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                     "made by the same checkpoint, extractor, settings and slide content; it "
                     "refuses outputs made from anything else unless --overwrite.")
     p.add_argument("slides", nargs="+", help="slide files, folders or glob patterns")
-    p.add_argument("--checkpoint", "-c", required=True, type=Path, help="model .safetensors")
+    p.add_argument("--checkpoint", "-c", required=True, type=Path,
+                   help="model .safetensors, or a state_dict (.pt/.pth, original repositories' "
+                        "layouts included) with its card or torchmil JSON beside it")
     p.add_argument("--out", "-o", required=True, type=Path, help="output folder")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--scheduler", help="address of a running dask scheduler (tcp://host:8786)")

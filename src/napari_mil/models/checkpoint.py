@@ -199,13 +199,21 @@ def _import_lazy_providers() -> None:
             importlib.import_module(name)
 
 
-def _build(card: ModelCard, *, meta: bool = False) -> torch.nn.Module:
+def _build(card: ModelCard, *, meta: bool | str = False) -> torch.nn.Module:
     """Instantiate the card's architecture (on the meta device: no memory is allocated)."""
     import torch
 
     kwargs = _build_kwargs(card)  # also imports providers (torchmil) outside the meta context
     model = None
-    if meta:
+    if meta == "only":  # never allocate: probing kwargs
+        _import_lazy_providers()
+        try:
+            with torch.device("meta"):
+                model = create_model(card.architecture, **kwargs)
+        except (RuntimeError, NotImplementedError, OverflowError) as exc:
+            raise CheckpointError(f"Cannot build {card.architecture!r} on the meta device.") \
+                from exc
+    elif meta:
         _import_lazy_providers()
         try:
             with torch.device("meta"):
@@ -351,7 +359,13 @@ def load_model(
     if match is not None:
         model_card = fill_kwargs(model_card, match, path.name)
     else:
+        from .shape_kwargs import infer_card_kwargs
+
         refuse_other_layout(state, model_card, path.name)
+        read = infer_card_kwargs(state, model_card, lambda c: _build(c, meta="only"),
+                                 lambda s, m: map_state_dict(s, m)[0])
+        if read is not None:  # kwargs the card left out, read from the shapes (exact fit)
+            model_card = read
     # size guard before allocating anything: build on the meta device and compare
     reference = _build(model_card, meta=True)
     _guard_ok(model_card, _count(state), path, reference)

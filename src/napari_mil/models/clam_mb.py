@@ -2,7 +2,9 @@
 
 One attention branch per class (``attention_c`` gives ``n_classes`` scores per instance), one
 bag classifier ``Linear(hidden, 1)`` per class applied to that class's attention-pooled
-embedding, and one instance classifier per class. Logits are softmaxed over classes.
+embedding, and one instance classifier per class. Logits are softmaxed over classes
+(``n_classes=1``: one branch and one sigmoid logit, napari-mil's binary form for training).
+``instance_loss`` is CLAM's instance clustering loss for the ``clam`` training scheme.
 """
 
 from __future__ import annotations
@@ -40,13 +42,14 @@ class ClamMB(nn.Module):
         n_classes: int = 2,
         gated: bool = True,
         dropout: float = 0.0,
+        k_sample: int = 8,
         scale_name: str = "20x",
     ) -> None:
         super().__init__()
-        if n_classes < 2:
-            raise ModelError(f"CLAM_MB needs n_classes ≥ 2, got {n_classes}.")
+        if n_classes < 1:  # 1: one branch and one sigmoid logit (napari-mil's binary form)
+            raise ModelError(f"CLAM_MB needs n_classes ≥ 1, got {n_classes}.")
         self.in_dim, self.n_classes, self.scale_name = int(in_dim), int(n_classes), scale_name
-        self.gated = bool(gated)
+        self.gated, self.k_sample = bool(gated), int(k_sample)
         self.fc = nn.Sequential(nn.Linear(self.in_dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout))
         self.att_a = nn.Linear(hidden_dim, att_dim)
         self.att_b = nn.Linear(hidden_dim, att_dim) if self.gated else None
@@ -56,13 +59,44 @@ class ClamMB(nn.Module):
             nn.Linear(hidden_dim, 2) for _ in range(self.n_classes)
         )
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> MILOutput:
-        x, mask = check_bag(x, mask, self.in_dim)
-        h = self.fc(x)  # (B, N, H)
+    def _scores(self, h: torch.Tensor) -> torch.Tensor:
+        """Attention scores (B, N, C) of every class's branch."""
         a = torch.tanh(self.att_a(h))  # (B, N, A)
         if self.att_b is not None:
             a = a * torch.sigmoid(self.att_b(h))
-        scores = self.att_c(a)  # (B, N, C)
+        return self.att_c(a)  # (B, N, C)
+
+    def instance_loss(
+        self, x: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """CLAM's instance clustering loss (in-the-class branches): the ``k_sample`` most and
+        least attended patches of the bag's class are its instance classifier's positives and
+        negatives (cross-entropy). With one branch only positive bags contribute."""
+        x, mask = check_bag(x, mask, self.in_dim)
+        h = self.fc(x)  # (B, N, H)
+        scores = self._scores(h)  # (B, N, C)
+        losses = []
+        for b in range(x.shape[0]):
+            label = int(round(float(labels[b])))
+            if self.n_classes == 1 and label != 1:
+                continue
+            cls = 0 if self.n_classes == 1 else label
+            idx = torch.arange(x.shape[1], device=x.device) if mask is None \
+                else torch.nonzero(mask[b]).squeeze(1)  # (n,)
+            k = min(self.k_sample, idx.numel() // 2)
+            if k < 1:
+                continue
+            a = scores[b, idx, cls]  # (n,)
+            chosen = idx[torch.cat([a.topk(k).indices, (-a).topk(k).indices])]  # (2k,)
+            logits = self.instance_classifiers[cls](h[b, chosen])  # (2k, 2)
+            target = torch.cat([torch.ones(k), torch.zeros(k)]).long().to(x.device)
+            losses.append(nn.functional.cross_entropy(logits, target))
+        return torch.stack(losses).mean() if losses else h.sum() * 0.0
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> MILOutput:
+        x, mask = check_bag(x, mask, self.in_dim)
+        h = self.fc(x)  # (B, N, H)
+        scores = self._scores(h)  # (B, N, C)
         logit_t = scores.transpose(1, 2)  # (B, C, N)
         if mask is not None:
             logit_t = logit_t.masked_fill(~mask.unsqueeze(1), float("-inf"))

@@ -16,7 +16,6 @@ Every mismatch names the layout detected, the keys that matched and what to chan
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -81,7 +80,17 @@ def fill_kwargs(card: ModelCard, match: Match, source: str) -> ModelCard:
     """The card with the kwargs the file's tensor shapes determine; contradictions are errors."""
     fmt = match.foreign
     assert fmt is not None
-    inferred = dict(fmt.infer_kwargs(match.source_state))
+    problem = fmt.check_card(card) if fmt.check_card is not None else None
+    if problem:
+        raise CheckpointError(f"{source} is a {fmt.name} checkpoint ({fmt.source}): {problem}")
+    try:
+        inferred = dict(fmt.infer_kwargs(match.source_state))
+    except (KeyError, ValueError, IndexError, TypeError) as exc:
+        what = f"it lacks {exc}" if isinstance(exc, KeyError) else "a tensor has an odd shape"
+        raise CheckpointError(
+            f"{source} looks like a {fmt.name} checkpoint ({fmt.source}) but is incomplete or "
+            f"damaged ({what}): save the whole model's state_dict again."
+        ) from None
     in_dim = inferred.pop("in_dim", None)
     if in_dim is not None and int(in_dim) != card.feature_dim:
         raise CheckpointError(
@@ -269,11 +278,3 @@ def _outside_what(fmt: ForeignFormat | None, key: str) -> str:
 def _short(keys: list[str], n: int = 8) -> str:
     return str(keys[:n])[:-1] + (f", … {len(keys) - n} more]" if len(keys) > n else "]")
 
-
-def count_tensor_elements(state: Mapping[str, Any]) -> int:
-    return sum(int(v.numel()) for v in state.values() if hasattr(v, "numel"))
-
-
-def first_keys(state: Mapping[str, Any], pattern: str) -> list[str]:
-    rx = re.compile(pattern)
-    return [k for k in state if rx.search(k)]

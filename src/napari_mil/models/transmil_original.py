@@ -10,6 +10,9 @@ The attention map is the class token's row of the last layer's Nyström attentio
 ``softmax(q_cls K̃ᵀ) · pinv(softmax(Q̃ K̃ᵀ)) · softmax(Q̃ Kᵀ)``, computed from the factors in
 O(N·m) memory, averaged over heads; the padding copies' weights are added to the instances
 they copy, the row is clipped at 0 and renormalised (the raw row is ``extras["attention_raw"]``).
+
+Like the ``transmil`` adapter, a forward whose memory estimate exceeds ``max_forward_bytes``
+(default 1.25 GiB) is refused before anything is allocated (``check_bag_size``).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from math import ceil
 import torch
 from torch import nn
 
+from ..errors import ModelError
 from ._common import check_bag, iter_bags, scatter_bags
 from .output import MILOutput
 from .registry import register_model
@@ -145,6 +149,27 @@ class TransMILOriginal(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.classifier = nn.Linear(dim, self.n_classes)
 
+    @property
+    def bytes_per_instance(self) -> int:
+        """Estimated peak bytes per instance of one forward (float32)."""
+        att = self.layers[0].attn
+        return 4 * (10 * int(self.classifier.in_features) + 4 * att.heads * att.n_landmarks)
+
+    def check_bag_size(self, n: int) -> None:
+        """Raise :class:`ModelError` when a bag of ``n`` instances is over the memory limit."""
+        from .torchmil_adapters_transmil import MAX_FORWARD_BYTES
+
+        limit = int(getattr(self, "max_forward_bytes", MAX_FORWARD_BYTES)
+                    // self.bytes_per_instance)
+        if n > limit:
+            raise ModelError(
+                f"This bag of {n:,} instances is too large for TransMIL: its Nyström attention "
+                f"would need about {n * self.bytes_per_instance / 2**30:.1f} GB (limit {limit:,} "
+                "instances; raise model.max_forward_bytes on a machine with more memory). "
+                "Sample the bag down, analyse at a coarser magnification, or use a "
+                "linear-memory model."
+            )
+
     def _forward_bags(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Equal-length bags ``(B, N, D)`` → logits (B, C), raw class-token row (B, N)."""
         h = self.fc1(x)  # (B, N, dim)
@@ -164,6 +189,8 @@ class TransMILOriginal(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> MILOutput:
         x, mask = check_bag(x, mask, self.in_dim)
+        self.check_bag_size(x.shape[0] * x.shape[1] if mask is None or bool(mask.all())
+                            else int(mask.sum(dim=1).max()))
         if mask is None or bool(mask.all()):
             logits, raw = self._forward_bags(x)
         else:

@@ -141,3 +141,13 @@ def test_clam_mb_under_clam_sb_names_the_layout(load_original):
     text = str(info.value)
     assert "clam-mb layout (mahmoodlab/CLAM" in text
     assert "Set the card's architecture to 'clam_mb'" in text
+
+
+def test_clam_sb_of_older_versions_without_the_dropout_slot(load_original, assert_close):
+    """Older CLAM put the attention net at attention_net.2 when dropout was off."""
+    net = _clam(seed=2, gate=True)
+    sd = {k.replace("attention_net.3.", "attention_net.2."): v for k, v in net.state_dict().items()}
+    model = load_original(sd, _card("clam_sb"))
+    x = torch.randn(9, E)
+    with torch.no_grad():
+        assert_close(model(x.unsqueeze(0)).logits, net(x)[0])

@@ -154,3 +154,21 @@ def test_card_kwargs_that_contradict_the_shapes_are_named(load_original):
         load_original(net.state_dict(), _card(kwargs={"q_dim": 64}))
     with pytest.raises(CheckpointError, match=rf"for {D}-dimensional features.*feature_dim 512"):
         load_original(net.state_dict(), _card(feature_dim=512))
+
+
+def test_milnet_with_its_tile_embedder_names_the_embedder(load_original, assert_close):
+    """A MILNet built with IClassifier holds the tile CNN: refused strictly, ignored otherwise."""
+    net = _milnet(1, seed=7)
+    sd = {("i_classifier.fc." + k[len("i_classifier.fc.0."):] if k.startswith(
+        "i_classifier.fc.0.") else k): v for k, v in net.state_dict().items()}
+    sd["i_classifier.feature_extractor.conv1.weight"] = torch.zeros(4, 3, 3, 3)
+    with pytest.raises(CheckpointError) as info:
+        load_original(sd, _card(), "milnet.pth")
+    text = str(info.value)
+    assert "unexpected keys ['i_classifier.feature_extractor.conv1.weight']" in text
+    assert "dsmil-wsi's tile embedder" in text and "strict=False" not in text
+    with pytest.warns(UserWarning, match="ignored 1 key"):
+        model = load_original(sd, _card(), "milnet.pth", strict=False)
+    x = torch.randn(11, D)
+    with torch.no_grad():
+        assert_close(model(x.unsqueeze(0)).probabilities[0], torch.sigmoid(net(x)[1])[0])

@@ -182,6 +182,7 @@ def test_padded_bags_run_one_at_a_time(load_original, assert_close):
     assert float(out.attention["20x"][1, 13:].abs().sum()) == 0.0
 
 
+@pytest.mark.slow
 def test_full_size_keys_and_the_torchmil_card_redirect(load_original):
     """At the original's own sizes (1024 → 512); a card naming torchmil's transmil is told."""
     net = _net(in_dim=1024, dim=512)
@@ -196,3 +197,25 @@ def test_full_size_keys_and_the_torchmil_card_redirect(load_original):
         load_original(sd, _card(in_dim=1024, architecture="transmil"), "TransMIL2.pth")
     assert "transmil-original layout (szc19990412/TransMIL" in str(info.value)
     assert "Set the card's architecture to 'transmil_original'" in str(info.value)
+
+
+def test_an_incomplete_original_checkpoint_says_so(load_original):
+    sd = _net().state_dict()
+    sd.pop("_fc2.weight")
+    with pytest.raises(CheckpointError, match=r"looks like a transmil-original checkpoint.*"
+                                              r"incomplete or damaged \(it lacks '_fc2.weight'\)"):
+        load_original(sd, _card())
+    sd = _net().state_dict()
+    sd["_fc1.0.weight"] = torch.zeros(3)
+    with pytest.raises(CheckpointError, match="a tensor has an odd shape"):
+        load_original(sd, _card(), "odd.pth")
+
+
+def test_bags_over_the_memory_limit_are_refused_before_running(load_original):
+    from napari_mil.errors import ModelError
+
+    model = load_original(_net().state_dict(), _card())
+    model.max_forward_bytes = 50 * model.bytes_per_instance
+    with pytest.raises(ModelError, match="too large for TransMIL.*limit 50 instances"):
+        model(torch.randn(1, 51, 40))
+    assert model(torch.randn(1, 50, 40)).logits.shape == (1, 2)

@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from napari_mil.errors import CheckpointError
+
 D = 16
 R = 4  # children per tile between consecutive magnifications (2 × 2)
 
@@ -96,3 +98,14 @@ def test_zoommil_original_equals_the_original(load_original, assert_close):
     mid = children["5x"][idx1[0]].flatten()  # the 10x tiles embedded, in the original's order
     assert_close(out.attention["10x"][0, mid], a2[0, 0])
     assert float(out.attention["10x"].sum()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_card_with_two_scales_is_told_the_original_reads_three(load_original):
+    torch.manual_seed(0)
+    net = ZoomMIL(D, hidden_feat_dim=12, out_feat_dim=20)
+    card = {"architecture": "zoommil", "feature_dim": D, "class_names": ["a", "b", "c"],
+            "scales": [{"name": "5x", "mpp": 2.0, "patch_size_px": 256},
+                       {"name": "20x", "mpp": 0.5, "patch_size_px": 256}]}
+    with pytest.raises(CheckpointError, match=r"zoommil-original checkpoint.*reads three "
+                                              r"magnifications.*lists 2 \(5x, 20x\)"):
+        load_original(net.state_dict(), card)

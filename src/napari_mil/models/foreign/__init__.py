@@ -27,10 +27,7 @@ import importlib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    import torch
+from typing import Any
 
 __all__ = ["ForeignFormat", "Detection", "apply_rules", "list_formats", "detect_formats"]
 
@@ -65,6 +62,8 @@ class ForeignFormat:
     free_kwargs: tuple[str, ...] = ()
     #: the original's constructor defaults for kwargs shapes cannot tell (a card may override)
     defaults: tuple[tuple[str, Any], ...] = ()
+    #: ``check_card(card)`` → what the card must change for this layout, or None
+    check_card: Callable[[Any], str | None] | None = None
     notes: str = field(default="", compare=False)
 
     def matches(self, keys) -> bool:
@@ -160,6 +159,3 @@ def first_key(state: Mapping[str, Any], pattern: str) -> str | None:
     rx = re.compile(pattern)
     return next((k for k in state if rx.search(k)), None)
 
-
-def tensor(state: Mapping[str, Any], key: str) -> torch.Tensor:
-    return state[key]

@@ -22,6 +22,14 @@ def _infer(state: Mapping[str, Any]) -> dict[str, Any]:
             "n_classes": shape(state, "classify_head.weight")[0], "selection_heads": True}
 
 
+def _check_card(card: Any) -> str | None:
+    if len(card.scales) == len(_MAGS):
+        return None
+    return (f"the original ZoomMIL reads three magnifications (low, mid, high) but the card lists "
+            f"{len(card.scales)} ({', '.join(card.scale_names)}): list three scales, coarse to "
+            "fine, e.g. 5x, 10x, 20x with their mpp and patch size.")
+
+
 def _ga_rules(src: str, dst: str) -> tuple[tuple[str, str], ...]:
     return ((rf"^{src}\.attention_a\.0\.", f"{dst}.v."),
             (rf"^{src}\.attention_b\.0\.", f"{dst}.u."),
@@ -43,6 +51,7 @@ FORMATS = (
         ),
         infer_kwargs=_infer,
         defaults=(("top_k", 12),),
+        check_card=_check_card,
         free_kwargs=("top_k",),
     ),
 )
