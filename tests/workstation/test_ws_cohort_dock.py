@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 from qtpy.QtCore import Qt
 
 from napari_mil.cohort_review import TILE_MARKS_CSV, VERDICTS_CSV, CohortReview
 from napari_mil.io.review_marks import read_tile_marks
+from napari_mil.report import DATA_SCRIPT_ID
 
 pytestmark = pytest.mark.gui
 
@@ -63,7 +65,13 @@ def test_open_next_slide_verdict_and_marks(dock, qtbot, infer_folder):
     names = [layer.name for layer in viewer.layers]
     assert "case-01" not in names and names[0] == "case-02"
     assert any("case-02 · annotations" in n for n in names)
-    dock._tile["value"] = ("20x", 3, (512, 256), 256.0)
+    from napari_mil.inference.result import load_result
+    from napari_mil.layers import top_k_indices
+
+    sm = load_result(out / "case-02" / "result.npz").finest_scale
+    best = int(top_k_indices(sm, 1)[0][0])
+    x, y = (int(v) for v in sm.coords_xy[best])
+    dock._tile["value"] = (sm.name, best, (x, y), sm.tile_size_level0)
     qtbot.mouseClick(dock.tile_disagree, Qt.LeftButton)
     qtbot.mouseClick(dock.verdict_buttons["unsure"], Qt.LeftButton)
     assert dock.progress_label.text() == "2 of 3 reviewed (1 without a result)"
@@ -73,7 +81,14 @@ def test_open_next_slide_verdict_and_marks(dock, qtbot, infer_folder):
     assert rows == {"case-01": ("agree", "clear call"), "case-02": ("unsure", "")}
     (m,) = read_tile_marks(out / TILE_MARKS_CSV)
     assert (m.slide, m.scale, m.index, m.x, m.y, m.review.value) == (
-        "case-02", "20x", 3, 512, 256, "disagree")
+        "case-02", sm.name, best, x, y, "disagree")
+    # the report of the open slide carries its annotations and the tile mark just made
+    report = dock.write_report()
+    assert report == out / "case-02" / "review_report.html"
+    text = report.read_text(encoding="utf-8")
+    data = json.loads(text.split(f'id="{DATA_SCRIPT_ID}">')[1].split("</script>")[0])
+    assert data["annotations"] == "case-02.geojson" and data["reports"]
+    assert data["gallery"][0]["index"] == best and data["gallery"][0]["mark"] == "disagree"
     # skip reviewed: from the start, the only unreviewed slide with a result
     dock.unreviewed_only.setChecked(True)
     dock.current_key = None

@@ -136,6 +136,12 @@ class CohortDock(QWidget):
         self.tile_disagree.clicked.connect(lambda: self.mark_tile("disagree"))
         tiles.addWidget(self.tile_agree)
         tiles.addWidget(self.tile_disagree)
+        self.report_button = QPushButton("Write report")
+        self.report_button.setToolTip("a self-contained HTML review report of the open slide "
+                                      "(with its annotations and tile marks), saved in its "
+                                      "results folder")
+        self.report_button.clicked.connect(self.write_report)
+        tiles.addWidget(self.report_button)
         lay.addLayout(tiles)
         self.status_label = QLabel("")
         self.status_label.setWordWrap(True)
@@ -252,6 +258,36 @@ class CohortDock(QWidget):
         self._guard(lambda: self.review.set_tile_mark(self.current_key, scale, index, mark,
                                                       xy=xy, size_level0=size))
         self.refresh()
+
+    def write_report(self) -> Path | None:
+        """``<results>/<slide>/review_report.html`` of the open slide (replaced if there)."""
+        if self.review is None or self.current_key is None:
+            self._say("Open a slide first.")
+            return None
+        key = self.current_key
+        out: list[Path] = []
+
+        def do() -> None:
+            from ..inference.result import load_result
+            from ..io.annotations import read_annotations
+            from ..io.slide import open_slide
+            from ..report import build_report, write_report
+
+            entry = self.review.entry(key)
+            anns_path = self.review.find_annotations(key, self.search_dirs)
+            anns = read_annotations(anns_path) if anns_path else None
+            with open_slide(self.review.slide_file(key, self.search_dirs)) as slide:
+                report = build_report(load_result(entry.result_path), slide, annotations=anns,
+                                      reviews=self.review.tile_marks(key),
+                                      result_path=entry.result_path,
+                                      annotations_source=anns_path.name if anns_path else "",
+                                      marks_source="cohort review")
+            out.append(write_report(report, Path(entry.result_path).parent
+                                    / "review_report.html", overwrite=True))
+            self._say(f"Report written: {out[0]}")
+
+        self._guard(do)
+        return out[0] if out else None
 
     # -- helpers ----------------------------------------------------------------------------
     def _default_opener(self) -> OpenSlide:
