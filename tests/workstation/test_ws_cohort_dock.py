@@ -100,3 +100,27 @@ def test_failed_slide_does_not_open(dock, qtbot):
     dock.open_key("case-04")
     assert dock.current_key is None
     assert "case-04 has no result (failed" in dock.status_label.text()
+
+
+def test_workstation_docks_work_together(make_napari_viewer, infer_folder, qtbot):
+    """PageDown opens the next slide of the cohort, the annotate dock follows it, the tile keys
+    step through its top-k tiles and ✓ marks the tile the view is on."""
+    from napari_mil._widgets.workstation import add_workstation_docks
+
+    out, slides = infer_folder
+    for name in (VERDICTS_CSV, TILE_MARKS_CSV):
+        (out / name).unlink(missing_ok=True)
+    viewer = make_napari_viewer()
+    ws = add_workstation_docks(viewer, out, [slides], prompt=lambda kind, msg: "discard")
+    keymap = {str(k): f for k, f in viewer.keymap.items()}
+    keymap["PageDown"](viewer)
+    assert ws.cohort.current_key == "case-01"
+    assert ws.annotate.slide.name == "case-01"
+    keymap["PageDown"](viewer)
+    assert ws.cohort.current_key == "case-02" and ws.annotate.slide.name == "case-02"
+    tile = ws.navigation.step_tile(1)
+    assert tile is not None and tile.rank == 1
+    qtbot.mouseClick(ws.cohort.tile_agree, Qt.LeftButton)
+    assert ws.cohort.review.tile_marks("case-02") == {f"{tile.scale}:{tile.index}": "agree"}
+    keymap["PageUp"](viewer)
+    assert ws.cohort.current_key == "case-01"
