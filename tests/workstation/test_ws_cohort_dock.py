@@ -75,7 +75,7 @@ def test_open_next_slide_verdict_and_marks(dock, qtbot, infer_folder):
     qtbot.mouseClick(dock.tile_disagree, Qt.LeftButton)
     qtbot.mouseClick(dock.verdict_buttons["unsure"], Qt.LeftButton)
     assert dock.progress_label.text() == "2 of 3 reviewed (1 without a result)"
-    assert _column(dock.table, 4)[:3] == ["agree", "unsure", "unreviewed"]
+    assert _column(dock.table, 4)[:3] == ["agree", "unsure · 1 tile", "unreviewed"]
     with open(out / VERDICTS_CSV, newline="") as fh:
         rows = {r["slide"]: (r["verdict"], r["comment"]) for r in csv.DictReader(fh)}
     assert rows == {"case-01": ("agree", "clear call"), "case-02": ("unsure", "")}

@@ -139,10 +139,11 @@ class AnnotateDock(QWidget):
         lay = QVBoxLayout(self)
         lay.addWidget(QLabel("Classes"))
         self.class_list = QListWidget()
+        self.class_list.setMinimumHeight(11 * 19)  # QuPath's nine classes and two more
         self.class_list.currentTextChanged.connect(lambda name: name and self.set_class(name))
         lay.addWidget(self.class_list, 1)
         row = QHBoxLayout()
-        add = QPushButton("＋ Class…")
+        add = QPushButton("+ Class…")
         add.setToolTip("add your own class with a colour")
         add.clicked.connect(self._add_class_dialog)
         apply_ = QPushButton("Set class of selected")

@@ -38,7 +38,7 @@ __all__ = ["CohortDock", "COLUMNS"]
 #: (header, sort key of CohortReview.rows)
 COLUMNS: tuple[tuple[str, str], ...] = (("slide", "slide"), ("prediction", "prediction"),
                                         ("probability", "probability"), ("status", "status"),
-                                        ("review", "review"), ("tile marks", "review"))
+                                        ("review", "review"))
 _REVIEW_FILTERS = ("all", *(s.value for s in ReviewState))
 _STATE_COLOURS = {"agree": "#1a8f3a", "disagree": "#c62828", "unsure": "#b8860b",
                   "marks only": "#4a6fa5"}
@@ -97,7 +97,9 @@ class CohortDock(QWidget):
         self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
         self.table.verticalHeader().setVisible(False)
         header = self.table.horizontalHeader()
-        header.setSectionResizeMode(0, QHeaderView.Stretch)
+        header.setSectionResizeMode(QHeaderView.ResizeToContents)
+        header.setStretchLastSection(True)
+        self.setMinimumWidth(480)
         header.setSectionsClickable(True)
         header.sectionClicked.connect(self._sort_by_column)
         self.table.cellActivated.connect(lambda r, _c: self.open_row(r))
@@ -181,11 +183,13 @@ class CohortDock(QWidget):
         self.table.setRowCount(len(self._rows))
         for r, e in enumerate(self._rows):
             p = e.probability
+            marks = f" · {e.n_marks} tile{'s' if e.n_marks > 1 else ''}" if e.n_marks and \
+                e.verdict is not None else (f" ({e.n_marks})" if e.n_marks else "")
             cells = (e.key, e.predicted_class or "—", "—" if math.isnan(p) else f"{p:.3f}",
-                     e.status, e.review_state.value, str(e.n_marks) if e.n_marks else "")
+                     e.status, e.review_state.value + marks)
             for c, text in enumerate(cells):
                 item = QTableWidgetItem(text)
-                if c in (2, 5):
+                if c == 2:
                     item.setTextAlignment(int(Qt.AlignRight | Qt.AlignVCenter))
                 if c == 0 and e.verdict is not None and e.verdict.comment:
                     item.setToolTip(e.verdict.comment)
