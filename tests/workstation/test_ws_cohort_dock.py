@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 
+import numpy as np
 import pytest
 from qtpy.QtCore import Qt
 
@@ -111,7 +112,8 @@ def test_workstation_docks_work_together(make_napari_viewer, infer_folder, qtbot
     for name in (VERDICTS_CSV, TILE_MARKS_CSV):
         (out / name).unlink(missing_ok=True)
     viewer = make_napari_viewer()
-    ws = add_workstation_docks(viewer, out, [slides], prompt=lambda kind, msg: "discard")
+    answer = {"close": "discard"}
+    ws = add_workstation_docks(viewer, out, [slides], prompt=lambda kind, msg: answer[kind])
     keymap = {str(k): f for k, f in viewer.keymap.items()}
     keymap["PageDown"](viewer)
     assert ws.cohort.current_key == "case-01"
@@ -122,5 +124,12 @@ def test_workstation_docks_work_together(make_napari_viewer, infer_folder, qtbot
     assert tile is not None and tile.rank == 1
     qtbot.mouseClick(ws.cohort.tile_agree, Qt.LeftButton)
     assert ws.cohort.review.tile_marks("case-02") == {f"{tile.scale}:{tile.index}": "agree"}
+    # unsaved drawing: "cancel" keeps the slide open, "discard" moves on
+    ws.annotate.shapes.add_rectangles([np.array([[10.0, 10.0], [60.0, 90.0]])])
+    answer["close"] = "cancel"
     keymap["PageUp"](viewer)
-    assert ws.cohort.current_key == "case-01"
+    assert ws.cohort.current_key == "case-02" and "Stayed on case-02" in \
+        ws.cohort.status_label.text()
+    answer["close"] = "discard"
+    keymap["PageUp"](viewer)
+    assert ws.cohort.current_key == "case-01" and len(ws.annotate.annotations()) == 0

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import CancelledError
 from .annotate import AnnotateDock
 from .cohort_dock import CohortDock
 from .navigation import NavigationDock
@@ -36,6 +37,9 @@ def add_workstation_docks(viewer, results: Path | str | None = None,
     holder: dict[str, CohortDock] = {}
 
     def open_slide(entry, slide_path, annotations_path):
+        if not annotate.confirm_close():  # unsaved drawing: saved, discarded or kept open
+            raise CancelledError(f"Stayed on {annotate.slide.name}: its annotations are not "
+                                 "saved.")
         opened = opener(slide_path, entry.result_path, annotations_path)
         annotate.set_slide(opened.slide)
         return opened
