@@ -251,3 +251,44 @@ def test_rectangle_drawn_with_the_mouse(slide, make_dock, qtbot):
     px = 1 / (viewer.scene.camera.zoom * mpp) if hasattr(viewer, "scene") else 4.0
     assert abs(x0 - 400) < 2 * px and abs(y0 - 300) < 2 * px
     assert abs(x1 - 1200) < 2 * px and abs(y1 - 900) < 2 * px
+
+
+def test_brush_painted_with_the_mouse(slide, make_dock, qtbot):
+    """A real drag with the brush paints the current class; leaving the brush turns the paint
+    into one polygon of that class covering the stroke."""
+    from qtpy.QtCore import QPoint, Qt
+
+    dock = make_dock(slide)
+    viewer = dock.viewer
+    viewer.window._qt_window.resize(1000, 800)
+    viewer.window._qt_window.show()
+    qtbot.wait(100)
+    viewer.reset_view()
+    dock.set_class("Necrosis")
+    dock.set_tool("brush")
+    dock.brush.brush_size = 40
+    canvas = viewer.window._qt_viewer.canvas
+    tr = canvas.view.scene.transform
+    mpp = slide.mpp
+
+    def screen(row, col):
+        x, y = tr.map([col * mpp, row * mpp, 0, 1])[:2]
+        return QPoint(round(x), round(y))
+
+    a, b = screen(700, 500), screen(700, 1500)
+    native = canvas.native
+    qtbot.mousePress(native, Qt.LeftButton, pos=a)
+    for t in np.linspace(0, 1, 12)[1:]:
+        qtbot.mouseMove(native, QPoint(round(a.x() + t * (b.x() - a.x())), a.y()))
+        qtbot.wait(5)
+    qtbot.mouseRelease(native, Qt.LeftButton, pos=b)
+    qtbot.wait(50)
+    painted = int((np.asarray(dock.brush.data) > 0).sum())
+    assert painted > 0
+    dock.set_tool("pan")
+    (ann,) = dock.annotations()
+    assert ann.class_name == "Necrosis" and ann.geom_type == "Polygon"
+    assert ann.geometry.area == pytest.approx(painted * dock.brush_downsample ** 2)
+    x0, _y0, x1, _y1 = ann.geometry.bounds
+    assert x0 < 560 and x1 > 1440  # the stroke went from x 500 to x 1500
+    assert not np.asarray(dock.brush.data).any()  # the paint became the polygon
