@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import csv
+import json
 
+import numpy as np
 import pytest
 from qtpy.QtCore import Qt
 
 from napari_mil.cohort_review import TILE_MARKS_CSV, VERDICTS_CSV, CohortReview
 from napari_mil.io.review_marks import read_tile_marks
+from napari_mil.report import DATA_SCRIPT_ID
 
 pytestmark = pytest.mark.gui
 
@@ -63,17 +66,30 @@ def test_open_next_slide_verdict_and_marks(dock, qtbot, infer_folder):
     names = [layer.name for layer in viewer.layers]
     assert "case-01" not in names and names[0] == "case-02"
     assert any("case-02 · annotations" in n for n in names)
-    dock._tile["value"] = ("20x", 3, (512, 256), 256.0)
+    from napari_mil.inference.result import load_result
+    from napari_mil.layers import top_k_indices
+
+    sm = load_result(out / "case-02" / "result.npz").finest_scale
+    best = int(top_k_indices(sm, 1)[0][0])
+    x, y = (int(v) for v in sm.coords_xy[best])
+    dock._tile["value"] = (sm.name, best, (x, y), sm.tile_size_level0)
     qtbot.mouseClick(dock.tile_disagree, Qt.LeftButton)
     qtbot.mouseClick(dock.verdict_buttons["unsure"], Qt.LeftButton)
     assert dock.progress_label.text() == "2 of 3 reviewed (1 without a result)"
-    assert _column(dock.table, 4)[:3] == ["agree", "unsure", "unreviewed"]
+    assert _column(dock.table, 4)[:3] == ["agree", "unsure · 1 tile", "unreviewed"]
     with open(out / VERDICTS_CSV, newline="") as fh:
         rows = {r["slide"]: (r["verdict"], r["comment"]) for r in csv.DictReader(fh)}
     assert rows == {"case-01": ("agree", "clear call"), "case-02": ("unsure", "")}
     (m,) = read_tile_marks(out / TILE_MARKS_CSV)
     assert (m.slide, m.scale, m.index, m.x, m.y, m.review.value) == (
-        "case-02", "20x", 3, 512, 256, "disagree")
+        "case-02", sm.name, best, x, y, "disagree")
+    # the report of the open slide carries its annotations and the tile mark just made
+    report = dock.write_report()
+    assert report == out / "case-02" / "review_report.html"
+    text = report.read_text(encoding="utf-8")
+    data = json.loads(text.split(f'id="{DATA_SCRIPT_ID}">')[1].split("</script>")[0])
+    assert data["annotations"] == "case-02.geojson" and data["reports"]
+    assert data["gallery"][0]["index"] == best and data["gallery"][0]["mark"] == "disagree"
     # skip reviewed: from the start, the only unreviewed slide with a result
     dock.unreviewed_only.setChecked(True)
     dock.current_key = None
@@ -85,3 +101,35 @@ def test_failed_slide_does_not_open(dock, qtbot):
     dock.open_key("case-04")
     assert dock.current_key is None
     assert "case-04 has no result (failed" in dock.status_label.text()
+
+
+def test_workstation_docks_work_together(make_napari_viewer, infer_folder, qtbot):
+    """PageDown opens the next slide of the cohort, the annotate dock follows it, the tile keys
+    step through its top-k tiles and ✓ marks the tile the view is on."""
+    from napari_mil._widgets.workstation import add_workstation_docks
+
+    out, slides = infer_folder
+    for name in (VERDICTS_CSV, TILE_MARKS_CSV):
+        (out / name).unlink(missing_ok=True)
+    viewer = make_napari_viewer()
+    answer = {"close": "discard"}
+    ws = add_workstation_docks(viewer, out, [slides], prompt=lambda kind, msg: answer[kind])
+    keymap = {str(k): f for k, f in viewer.keymap.items()}
+    keymap["PageDown"](viewer)
+    assert ws.cohort.current_key == "case-01"
+    assert ws.annotate.slide.name == "case-01"
+    keymap["PageDown"](viewer)
+    assert ws.cohort.current_key == "case-02" and ws.annotate.slide.name == "case-02"
+    tile = ws.navigation.step_tile(1)
+    assert tile is not None and tile.rank == 1
+    qtbot.mouseClick(ws.cohort.tile_agree, Qt.LeftButton)
+    assert ws.cohort.review.tile_marks("case-02") == {f"{tile.scale}:{tile.index}": "agree"}
+    # unsaved drawing: "cancel" keeps the slide open, "discard" moves on
+    ws.annotate.shapes.add_rectangles([np.array([[10.0, 10.0], [60.0, 90.0]])])
+    answer["close"] = "cancel"
+    keymap["PageUp"](viewer)
+    assert ws.cohort.current_key == "case-02" and "Stayed on case-02" in \
+        ws.cohort.status_label.text()
+    answer["close"] = "discard"
+    keymap["PageUp"](viewer)
+    assert ws.cohort.current_key == "case-01" and len(ws.annotate.annotations()) == 0

@@ -82,11 +82,16 @@ def test_report_is_self_contained_and_matches_compare(reviewed_slide, tmp_path, 
     assert page.sections == ["summary", "heatmaps", "attention", "gallery", "agreement",
                              "provenance"]
     assert not page.external
-    # every picture is an embedded, decodable PNG: probabilities, 2 maps, 12 tiles, ROC, PR
+    # every picture is embedded and decodes: probabilities, 2 maps, 12 tiles (JPEG), ROC, PR
     assert len(page.imgs) == 1 + 2 + 12 + 2
+    kinds = []
     for src in page.imgs:
-        assert src.startswith("data:image/png;base64,")
-        Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).verify()
+        head, b64 = src.split(",", 1)
+        assert head in ("data:image/png;base64", "data:image/jpeg;base64")
+        img = Image.open(io.BytesIO(base64.b64decode(b64)))
+        kinds.append(img.format)
+        img.verify()
+    assert kinds.count("JPEG") == 12 and kinds.count("PNG") == 5
 
     capsys.readouterr()
     assert main(["compare", str(rpath), "-a", str(ann), "--json"]) == 0

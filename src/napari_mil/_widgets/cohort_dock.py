@@ -38,7 +38,7 @@ __all__ = ["CohortDock", "COLUMNS"]
 #: (header, sort key of CohortReview.rows)
 COLUMNS: tuple[tuple[str, str], ...] = (("slide", "slide"), ("prediction", "prediction"),
                                         ("probability", "probability"), ("status", "status"),
-                                        ("review", "review"), ("tile marks", "review"))
+                                        ("review", "review"))
 _REVIEW_FILTERS = ("all", *(s.value for s in ReviewState))
 _STATE_COLOURS = {"agree": "#1a8f3a", "disagree": "#c62828", "unsure": "#b8860b",
                   "marks only": "#4a6fa5"}
@@ -97,7 +97,9 @@ class CohortDock(QWidget):
         self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
         self.table.verticalHeader().setVisible(False)
         header = self.table.horizontalHeader()
-        header.setSectionResizeMode(0, QHeaderView.Stretch)
+        header.setSectionResizeMode(QHeaderView.ResizeToContents)
+        header.setStretchLastSection(True)
+        self.setMinimumWidth(480)
         header.setSectionsClickable(True)
         header.sectionClicked.connect(self._sort_by_column)
         self.table.cellActivated.connect(lambda r, _c: self.open_row(r))
@@ -136,6 +138,12 @@ class CohortDock(QWidget):
         self.tile_disagree.clicked.connect(lambda: self.mark_tile("disagree"))
         tiles.addWidget(self.tile_agree)
         tiles.addWidget(self.tile_disagree)
+        self.report_button = QPushButton("Write report")
+        self.report_button.setToolTip("a self-contained HTML review report of the open slide "
+                                      "(with its annotations and tile marks), saved in its "
+                                      "results folder")
+        self.report_button.clicked.connect(self.write_report)
+        tiles.addWidget(self.report_button)
         lay.addLayout(tiles)
         self.status_label = QLabel("")
         self.status_label.setWordWrap(True)
@@ -175,11 +183,13 @@ class CohortDock(QWidget):
         self.table.setRowCount(len(self._rows))
         for r, e in enumerate(self._rows):
             p = e.probability
+            marks = f" · {e.n_marks} tile{'s' if e.n_marks > 1 else ''}" if e.n_marks and \
+                e.verdict is not None else (f" ({e.n_marks})" if e.n_marks else "")
             cells = (e.key, e.predicted_class or "—", "—" if math.isnan(p) else f"{p:.3f}",
-                     e.status, e.review_state.value, str(e.n_marks) if e.n_marks else "")
+                     e.status, e.review_state.value + marks)
             for c, text in enumerate(cells):
                 item = QTableWidgetItem(text)
-                if c in (2, 5):
+                if c == 2:
                     item.setTextAlignment(int(Qt.AlignRight | Qt.AlignVCenter))
                 if c == 0 and e.verdict is not None and e.verdict.comment:
                     item.setToolTip(e.verdict.comment)
@@ -252,6 +262,36 @@ class CohortDock(QWidget):
         self._guard(lambda: self.review.set_tile_mark(self.current_key, scale, index, mark,
                                                       xy=xy, size_level0=size))
         self.refresh()
+
+    def write_report(self) -> Path | None:
+        """``<results>/<slide>/review_report.html`` of the open slide (replaced if there)."""
+        if self.review is None or self.current_key is None:
+            self._say("Open a slide first.")
+            return None
+        key = self.current_key
+        out: list[Path] = []
+
+        def do() -> None:
+            from ..inference.result import load_result
+            from ..io.annotations import read_annotations
+            from ..io.slide import open_slide
+            from ..report import build_report, write_report
+
+            entry = self.review.entry(key)
+            anns_path = self.review.find_annotations(key, self.search_dirs)
+            anns = read_annotations(anns_path) if anns_path else None
+            with open_slide(self.review.slide_file(key, self.search_dirs)) as slide:
+                report = build_report(load_result(entry.result_path), slide, annotations=anns,
+                                      reviews=self.review.tile_marks(key),
+                                      result_path=entry.result_path,
+                                      annotations_source=anns_path.name if anns_path else "",
+                                      marks_source="cohort review")
+            out.append(write_report(report, Path(entry.result_path).parent
+                                    / "review_report.html", overwrite=True))
+            self._say(f"Report written: {out[0]}")
+
+        self._guard(do)
+        return out[0] if out else None
 
     # -- helpers ----------------------------------------------------------------------------
     def _default_opener(self) -> OpenSlide:

@@ -81,8 +81,8 @@ def expand_slides(patterns: Sequence[str]) -> list[Path]:
 
 
 def check_checkpoint(checkpoint: PathLike):
-    """The checkpoint's model card (or None for a plain state dict); ``CheckpointError`` for a
-    missing file, a folder or a file that is not a checkpoint."""
+    """The checkpoint's model card (embedded or beside it); ``CheckpointError`` for a
+    missing file, a folder, a file that is not a checkpoint or a state dict with no card."""
     from ..models.checkpoint import checkpoint_card
 
     path = Path(checkpoint).expanduser()

@@ -56,7 +56,7 @@ class GalleryTile:
     value: float
     source: str  # "instance score" or "attention"
     mark: str | None  # "agree", "disagree" or None (not reviewed)
-    png: bytes = field(repr=False)
+    jpeg: bytes = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -196,7 +196,7 @@ def _gallery(result, slide, reviews: Mapping[str, str], k: int) -> list[GalleryT
     sm = result.finest_scale
     idx, vals, source = top_k_indices(sm, k)
     size = float(sm.tile_size_level0)
-    level = slide.best_level_for_downsample(max(1.0, size / 160.0))
+    level = slide.best_level_for_downsample(max(1.0, size / figures.TILE_PX))
     ds = slide.level_downsamples[level]
     side = max(1, int(round(size / ds)))
     tiles = []
@@ -204,7 +204,7 @@ def _gallery(result, slide, reviews: Mapping[str, str], k: int) -> list[GalleryT
         x, y = (int(c) for c in sm.coords_xy[i])
         rgb = slide.read_region((x, y), level, (side, side))
         tiles.append(GalleryTile(rank, sm.name, int(i), x, y, size, float(v), source,
-                                 reviews.get(review_key(sm.name, int(i))), figures.tile_png(rgb)))
+                                 reviews.get(review_key(sm.name, int(i))), figures.tile_jpeg(rgb)))
     return tiles
 
 

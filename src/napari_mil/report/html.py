@@ -32,10 +32,10 @@ padding:8px;font-size:.75em;overflow-x:auto;white-space:pre-wrap}
 """
 
 
-def _img(png: bytes, alt: str, cls: str = "") -> str:
-    b64 = base64.b64encode(png).decode("ascii")
+def _img(data: bytes, alt: str, cls: str = "", mime: str = "image/png") -> str:
+    b64 = base64.b64encode(data).decode("ascii")
     c = f' class="{cls}"' if cls else ""
-    return f'<img{c} alt="{escape(alt)}" src="data:image/png;base64,{b64}">'
+    return f'<img{c} alt="{escape(alt)}" src="data:{mime};base64,{b64}">'
 
 
 def _table(head: list[str], rows: list[list[str]], left: int = 1) -> str:
@@ -93,7 +93,8 @@ def _gallery(r: ReviewReport) -> str:
         sym, cls = {"agree": ("✓", "agree"), "disagree": ("✗", "disagree")}.get(
             t.mark or "", ("–", "none"))
         cells.append(
-            f'<div class="tile" data-index="{t.index}">{_img(t.png, f"top {t.rank} tile")}'
+            f'<div class="tile" data-index="{t.index}">'
+            f'{_img(t.jpeg, f"top {t.rank} tile", mime="image/jpeg")}'
             f"<div>#{t.rank} · {escape(t.source)} {format_value(t.value)}</div>"
             f"<div>x {t.x:,} y {t.y:,} [{escape(t.scale)}]</div>"
             f'<div class="mark {cls}" title="{escape(t.mark or "not reviewed")}">{sym}</div></div>')
