@@ -18,7 +18,8 @@ from .cohort_dock import CohortDock
 from .navigation import NavigationDock
 from .slide_opener import SlideOpener
 
-__all__ = ["Workstation", "add_workstation_docks", "open_workstation", "save_window_png"]
+__all__ = ["Workstation", "add_workstation_docks", "open_workstation", "run_event_loop",
+           "save_window_png"]
 
 
 @dataclass
@@ -90,3 +91,10 @@ def save_window_png(viewer, path: Path | str, *, overwrite: bool = True) -> Path
         if not image.save(str(tmp), "PNG"):
             raise OSError(f"Qt could not write {tmp}")
     return Path(path)
+
+
+def run_event_loop() -> None:
+    """Hand control to napari until its window closes."""
+    import napari
+
+    napari.run()

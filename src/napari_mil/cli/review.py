@@ -49,7 +49,5 @@ def run(args: argparse.Namespace) -> int:
         viewer.close()
         print(f"wrote {args.screenshot}")
         return 0
-    import napari
-
-    napari.run()
+    ws_mod.run_event_loop()
     return 0
