@@ -133,3 +133,19 @@ def test_workstation_docks_work_together(make_napari_viewer, infer_folder, qtbot
     answer["close"] = "discard"
     keymap["PageUp"](viewer)
     assert ws.cohort.current_key == "case-01" and len(ws.annotate.annotations()) == 0
+
+
+def test_review_command(infer_folder, tmp_path, capsys):
+    """``napari-mil review RESULTS --screenshot``: the workstation on the first slide; a folder
+    that is not an infer output is refused before any window opens."""
+    from PIL import Image
+
+    from napari_mil.cli.main import main
+
+    out, slides = infer_folder
+    png = tmp_path / "review.png"
+    assert main(["review", str(out), "--slides", str(slides), "--screenshot", str(png)]) == 0
+    w, h = Image.open(png).size
+    assert w >= 1000 and h >= 700
+    assert main(["review", str(tmp_path), "--screenshot", str(png)]) == 2
+    assert "no summary.csv" in capsys.readouterr().err

@@ -18,7 +18,8 @@ from .cohort_dock import CohortDock
 from .navigation import NavigationDock
 from .slide_opener import SlideOpener
 
-__all__ = ["Workstation", "add_workstation_docks"]
+__all__ = ["Workstation", "add_workstation_docks", "open_workstation", "run_event_loop",
+           "save_window_png"]
 
 
 @dataclass
@@ -56,3 +57,44 @@ def add_workstation_docks(viewer, results: Path | str | None = None,
     if results is not None:
         cohort.load_folder(results)
     return Workstation(opener, navigation, annotate, cohort)
+
+
+def open_workstation(results: Path | str, search_dirs: Sequence[Path | str] = (), *,
+                     show: bool = True, first: bool = False,
+                     window_size: tuple[int, int] = (1500, 950)):
+    """A napari window with the workstation docks on ``results`` (an ``infer`` folder, checked
+    before the window opens); ``first`` opens the first slide with a result."""
+    import napari
+
+    from ..cohort_review import CohortReview
+
+    review = CohortReview.open(results)  # a bad folder fails before any window exists
+    viewer = napari.Viewer(title=f"napari-mil review — {Path(results).name}", show=show)
+    viewer.window._qt_window.resize(*window_size)
+    ws = add_workstation_docks(viewer, None, search_dirs)
+    ws.cohort.set_review(review)
+    if first:
+        ws.cohort.open_next(1)
+    return viewer, ws
+
+
+def save_window_png(viewer, path: Path | str, *, overwrite: bool = True) -> Path:
+    """The whole window (docks included) as a PNG, written atomically."""
+    from qtpy.QtWidgets import QApplication
+
+    from ..io.atomic import atomic_path
+
+    for _ in range(30):
+        QApplication.processEvents()
+    image = viewer.window._qt_window.grab()
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        if not image.save(str(tmp), "PNG"):
+            raise OSError(f"Qt could not write {tmp}")
+    return Path(path)
+
+
+def run_event_loop() -> None:
+    """Hand control to napari until its window closes."""
+    import napari
+
+    napari.run()

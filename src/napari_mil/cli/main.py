@@ -26,6 +26,7 @@ VERBS: dict[str, str] = {
     "compare": "napari_mil.cli.compare",
     "export": "napari_mil.cli.export",
     "report": "napari_mil.cli.report",
+    "review": "napari_mil.cli.review",
     "extract": "napari_mil.cli.extract",
     "train-extractor": "napari_mil.cli.train_extractor",
 }
