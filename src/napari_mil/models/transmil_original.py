@@ -155,19 +155,24 @@ class TransMILOriginal(nn.Module):
         att = self.layers[0].attn
         return 4 * (10 * int(self.classifier.in_features) + 4 * att.heads * att.n_landmarks)
 
-    def check_bag_size(self, n: int) -> None:
-        """Raise :class:`ModelError` when a bag of ``n`` instances is over the memory limit."""
+    @property
+    def max_instances(self) -> int:
+        """Most instances one forward takes (``max_forward_bytes`` / bytes per instance)."""
         from .torchmil_adapters_transmil import MAX_FORWARD_BYTES
 
-        limit = int(getattr(self, "max_forward_bytes", MAX_FORWARD_BYTES)
-                    // self.bytes_per_instance)
+        return int(getattr(self, "max_forward_bytes", MAX_FORWARD_BYTES)
+                   // self.bytes_per_instance)
+
+    def check_bag_size(self, n: int) -> None:
+        """Raise :class:`ModelError` when a bag of ``n`` instances is over the memory limit."""
+        limit = self.max_instances
         if n > limit:
             raise ModelError(
                 f"This bag of {n:,} instances is too large for TransMIL: its Nyström attention "
                 f"would need about {n * self.bytes_per_instance / 2**30:.1f} GB (limit {limit:,} "
                 "instances; raise model.max_forward_bytes on a machine with more memory). "
                 "Sample the bag down, analyse at a coarser magnification, or use a "
-                "linear-memory model."
+                "linear-memory model such as abmil or clam_sb."
             )
 
     def _forward_bags(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
