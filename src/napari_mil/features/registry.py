@@ -44,7 +44,7 @@ __all__ = [
 ExtractorFactory = Callable[..., "tuple[nn.Module, ExtractorCard]"]
 
 _REGISTRY: dict[str, ExtractorFactory] = {}
-_PROVIDERS = ("napari_mil.features.cnn",)
+_PROVIDERS = ("napari_mil.features.cnn", "napari_mil.features.foundation")
 EXPORT_SUFFIXES = (".pt2",)
 TORCHSCRIPT_SUFFIXES = (".pt", ".ts", ".jit", ".torchscript")
 
