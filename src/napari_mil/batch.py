@@ -140,13 +140,15 @@ def load_model_cached(checkpoint: PathLike, device: str = "cpu"):
 
 
 @functools.lru_cache(maxsize=2)
-def _extractor_once(ref: str, stamp: tuple[int, int] | None, device: str):
+def _extractor_once(ref: str, stamp: tuple[int, int] | None, device: str,
+                    weights: str | None = None):
     from .features.registry import create_extractor
 
-    return create_extractor(ref, device=device)
+    return create_extractor(ref, device=device, weights=weights)
 
 
-def extractor_cached(model, extractor: str | None = None, device: str = "cpu"):
+def extractor_cached(model, extractor: str | None = None, device: str = "cpu",
+                     weights: str | None = None):
     """The patch embedder ``extractor`` (a registered name or a file; default: the one the
     model card names), built once per process and rebuilt when its file changes; ``None``
     when neither names one (``run_slide`` then says what to pass)."""
@@ -159,7 +161,7 @@ def extractor_cached(model, extractor: str | None = None, device: str = "cpu"):
     if path.is_file():
         st = path.stat()
         return _extractor_once(str(path.resolve()), (st.st_mtime_ns, st.st_size), str(device))
-    return _extractor_once(str(ref), None, str(device))
+    return _extractor_once(str(ref), None, str(device), weights)
 
 
 def _clear_attempt(slide_dir: Path) -> None:
@@ -198,6 +200,7 @@ def process_slide(slide_path: str, checkpoint: str, out_dir: str,
     slide_dir = Path(out_dir) / slide_key(slide_path)
     settings = dict(settings or {})
     extractor = settings.pop("extractor", None)
+    extractor_weights = settings.pop("extractor_weights", None)
     if not overwrite and is_complete(slide_dir):
         return _outcome_from_done(slide_path, slide_dir, SlideStatus.OK)
     try:
@@ -208,7 +211,8 @@ def process_slide(slide_path: str, checkpoint: str, out_dir: str,
             device = str(settings.get("device", "cpu"))
             model = load_model_cached(checkpoint, device)
             result = analyze_slide(slide, model, settings=run_settings,
-                                   extractor=extractor_cached(model, extractor, device))
+                                   extractor=extractor_cached(model, extractor, device,
+                                                                extractor_weights))
             result.save(slide_dir / "result.npz")
             maps = result.tile_values()
             write_tiles_csv(maps, slide_dir / "tiles.csv")

@@ -30,6 +30,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--extractor", default=None,
                    help="registered name or a .safetensors / .pt2 / TorchScript file to embed "
                         "tiles with (default: the extractor named in the model card)")
+    p.add_argument("--extractor-weights", type=Path, default=None, metavar="PATH",
+                   help="weights file of a named encoder (uni_v1, virchow2, ...; default: the "
+                        "Hugging Face cache, offline)")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="feature cache folder (default: $NAPARI_MIL_CACHE or the user cache)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
@@ -45,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
     from ..models.checkpoint import read_checkpoint_card
 
     slides = expand_slides(args.slides)
-    read_checkpoint_card(args.checkpoint)  # fail fast on a bad checkpoint, before any worker starts
+    card = read_checkpoint_card(args.checkpoint)  # fail fast, before any worker starts
+    _check_extractor_early(args, card)
     settings = {"device": args.device, "batch_size": args.batch_size, "min_tissue": args.min_tissue,
                 "num_workers": 2, "use_cache": not args.no_cache}
     if args.cache_dir is not None:  # absolute: workers may run in another directory
@@ -53,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
     if args.extractor is not None:
         ref = Path(args.extractor).expanduser()
         settings["extractor"] = str(ref.resolve()) if ref.is_file() else args.extractor
+    if args.extractor_weights is not None:
+        settings["extractor_weights"] = str(args.extractor_weights.expanduser().resolve())
     bar = tqdm(total=len(slides), unit="slide", desc="cohort", file=sys.stderr)
 
     def show(outcome) -> None:
@@ -71,3 +77,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"{ok} of {len(outcomes)} slides done, {len(failed)} failed; "
           f"summary: {args.out / 'summary.csv'}")
     return 1 if failed else 0
+
+
+def _check_extractor_early(args: argparse.Namespace, card) -> None:
+    """A named encoder without its packages or weights fails here, not in every worker."""
+    from ..features.catalog import check_extractor_ready
+
+    named = card.extractor.name if card is not None and card.extractor else None
+    name = args.extractor or named
+    if name:
+        check_extractor_ready(name, args.extractor_weights)

@@ -125,6 +125,9 @@ class Extractor(nn.Module):
         if (not self._fuse or module.training or torch.is_grad_enabled()
                 or isinstance(module, (torch.jit.ScriptModule, torch.fx.GraphModule))):
             return module
+        if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules()):
+            self._fuse = False  # nothing to fold (ViTs): no traced copy of a large model
+            return module
         state = tuple(t._version for t in (*module.parameters(), *module.buffers()))
         state += tuple(id(t) for t in module.parameters())
         cached = self.__dict__.get("_fused")

@@ -230,4 +230,5 @@ def load_encoder(spec: EncoderSpec, weights: PathLike | None = None) -> nn.Modul
     if left:
         raise ExtractorError(f"{spec.name!r}: {len(left)} tensors were not set by {path} "
                              f"(e.g. {left[:3]}).")
+    module.weights_file = str(path)  # the feature cache keys on the file's fingerprint
     return module.eval()
