@@ -88,7 +88,7 @@ class Extractor(nn.Module):
         if self.precision not in ("", "float16", "bfloat16", "float32"):
             raise ExtractorError(f"precision must be float16, bfloat16 or float32, "
                                  f"got {precision!r}.")
-        self.compile = bool(compile)
+        self.use_compile = bool(compile)
         self._stream = None
         self.fingerprint = fingerprint or card.hash
         self.static_batch = static_batch
@@ -148,7 +148,7 @@ class Extractor(nn.Module):
 
     def _compiled_module(self) -> nn.Module:
         module = self._inference_module()
-        if not self.compile:
+        if not self.use_compile:
             return module
         cached = self.__dict__.get("_compiled")
         if cached is None or cached[0] is not module:
@@ -263,5 +263,5 @@ class Extractor(nn.Module):
     def extra_repr(self) -> str:
         c = self.card
         return (f"name={c.name!r}, kind={c.kind.value}, input={c.input_size_px}px, "
-                f"precision={self.precision or 'float16'}, compile={self.compile}, "
+                f"precision={self.precision or 'float16'}, compile={self.use_compile}, "
                 f"mpp={c.mpp:g}, dim={c.output_dim}, device={self.device}")
