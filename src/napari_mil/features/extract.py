@@ -46,6 +46,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: an embedder with more parameters than this gets every core while it runs on a CPU
+_HEAVY_PARAMS = 2_000_000
 #: a scale whose mpp differs from the extractor's by more than this fraction gets a warning
 _MPP_WARN = 0.25
 
@@ -267,7 +269,7 @@ def _read_tags(method: ReadMethod) -> tuple[str, ...]:
 
 def _embed_threads(ex: Extractor, num_workers: int, requested: int | None) -> int | None:
     """Intra-op threads for a CPU embedder: the cores the decoding workers leave (≥ 1, and
-    not more than torch uses now). Decoding and embedding both need the CPU; threads that
+    not more than torch uses now); every core for a large encoder, whose cost dwarfs decoding. Decoding and embedding both need the CPU; threads that
     outnumber the cores make torch's workers spin and wait on each other."""
     if requested is not None:
         if int(requested) < 1:
@@ -280,6 +282,9 @@ def _embed_threads(ex: Extractor, num_workers: int, requested: int | None) -> in
     import torch
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if sum(p.numel() for p in ex.module.parameters()) > _HEAVY_PARAMS:
+        # a large encoder (ResNet50, a ViT) dominates: the decoding threads mostly wait
+        return max(1, min(torch.get_num_threads(), int(cores or 1)))
     return max(1, min(torch.get_num_threads(), int(cores or 1) - int(num_workers)))
 
 
