@@ -269,8 +269,9 @@ def _read_tags(method: ReadMethod) -> tuple[str, ...]:
 
 def _embed_threads(ex: Extractor, num_workers: int, requested: int | None) -> int | None:
     """Intra-op threads for a CPU embedder: the cores the decoding workers leave (≥ 1, and
-    not more than torch uses now); every core for a large encoder, whose cost dwarfs decoding. Decoding and embedding both need the CPU; threads that
-    outnumber the cores make torch's workers spin and wait on each other."""
+    not more than torch uses now); every core for a large encoder, whose cost dwarfs
+    decoding. Decoding and embedding both need the CPU; threads that outnumber the cores
+    make torch's workers spin and wait on each other."""
     if requested is not None:
         if int(requested) < 1:
             raise ConfigError(f"torch_threads must be ≥ 1, got {requested!r}.")
