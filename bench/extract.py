@@ -21,6 +21,11 @@ Rows, all measured in the same run on the same tiles:
   default thread count and with one thread (the better one is the ceiling);
 * ``cached reopen``: ``extract_features`` again with the cache filled (features reused).
 
+``--encoders resnet50_trunc,uni_v1`` measures named foundation encoders instead (see
+``bench/extract_encoders.py``: end to end vs the encoder alone on random tensors vs a
+CLAM-style openslide + DataLoader loop, on CUDA when present, and writes
+``bench/results/extract_encoders.json``).
+
 Targets (CPU): end to end ≥ 5 × the CLAM-style loop and ≥ 80 % of
 min(decode ceiling, embedder only). Both stages need the CPU, so on a machine with few
 cores they cannot run at their solo speeds side by side: the JSON also gives the pipelined
@@ -141,8 +146,31 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--clam-tiles", type=int, default=None,
                     help="tiles timed in the CLAM-style loop (default: the first 128)")
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "extract.json")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="JSON output (default: bench/results/extract.json, or "
+                         "extract_encoders.json with --encoders)")
+    ap.add_argument("--encoders", default=None,
+                    help="named encoders to measure instead, e.g. resnet50_trunc,uni_v1")
+    ap.add_argument("--tiles", type=int, default=64, help="tiles per run with --encoders")
+    ap.add_argument("--runs", type=int, default=3, help="runs (median) with --encoders")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the encoders")
     args = ap.parse_args()
+    results = Path(__file__).parent / "results"
+    if args.encoders:
+        from extract_encoders import run_encoders
+
+        res = run_encoders([e.strip() for e in args.encoders.split(",") if e.strip()],
+                           tiles=args.tiles, batch=args.batch_size, workers=args.workers,
+                           device=args.device, runs=args.runs, compile=args.compile,
+                           he_renderer=he_renderer)
+        res["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(),
+                          "torch": torch.__version__, "loadavg_1min": os.getloadavg()[0]}
+        out = args.out or results / "extract_encoders.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(res, indent=1))
+        print(f"wrote {out}")
+        return
+    args.out = args.out or results / "extract.json"
     size, runs = (6144, 1) if args.quick else (12288, 3)
     ex = create_extractor(args.extractor, device=args.device)
     card = ex.card

@@ -45,14 +45,20 @@ fi
 VENV_PY="$ROOT/.venv/bin/python"
 export VENV_PY
 
-# torch: the CPU build pinned here keeps CI machines off multi-GB CUDA wheels; a machine that
-# already has torch keeps its own build (e.g. CUDA on a GPU workstation).
-if ! "$VENV_PY" -c "import torch" 2>/dev/null; then
-  "$VENV_PY" -m pip install -q "torch==2.13.0"
+# torch: the test environment pins one torch + torchvision pair (each torchvision wheel needs
+# the torch release it was built for); the foundation extra (timm, torchvision, transformers)
+# is installed so that the named-encoder tests run (NAPARI_MIL_REQUIRE_FOUNDATION=1 makes
+# them fail rather than skip when it is missing). A machine whose torch and torchvision
+# already import together keeps its own builds (e.g. CUDA on a GPU workstation).
+TORCH_PAIR=("torch==2.14.1" "torchvision==0.29.1")
+if ! "$VENV_PY" -c "import torch, torchvision" 2>/dev/null; then
+  echo "bootstrap: installing ${TORCH_PAIR[*]}"
+  "$VENV_PY" -m pip install -q "${TORCH_PAIR[@]}"
 fi
 stamp="$ROOT/.venv/.napari-mil-installed"
 if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
   echo "bootstrap: installing napari-mil and its dependencies"
-  "$VENV_PY" -m pip install -q -e "$ROOT[all,testing]"
+  "$VENV_PY" -m pip install -q -e "$ROOT[all,testing,foundation]"
   touch "$stamp"
 fi
+export NAPARI_MIL_REQUIRE_FOUNDATION=1

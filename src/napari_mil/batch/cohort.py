@@ -113,8 +113,16 @@ def _check_model_inputs(card, settings: dict[str, Any]) -> None:
     ref = settings.get("extractor") or (card.extractor.name if card.extractor else None)
     if ref is None:
         return
-    ex = create_extractor(ref, device="cpu")
-    check_features(card, ex.card, ex.card.output_dim)
+    from ..features.catalog import check_extractor_ready
+    from ..features.foundation import ENCODERS
+
+    weights = settings.get("extractor_weights")
+    check_extractor_ready(ref, weights)  # packages and weights, before anything is built
+    if str(ref).lower() in ENCODERS:  # its card is known without building a large encoder
+        ex_card = ENCODERS[str(ref).lower()].card
+    else:
+        ex_card = create_extractor(ref, device="cpu").card
+    check_features(card, ex_card, ex_card.output_dim)
 
 
 def _check_device(device: str, client) -> None:

@@ -93,6 +93,7 @@ def make_recipe(checkpoint: str | Path, settings: dict[str, Any] | None = None,
     settings = dict(settings or {})
     ref = settings.pop("extractor", None)
     features = settings.pop("features", None)
+    weights = settings.pop("extractor_weights", None)  # a named encoder's weights file
     run = RunSettings(**settings).to_dict()
     ck = file_identity(checkpoint, error=CheckpointError)
     if features:  # pre-extracted features take the extractor's place
@@ -107,7 +108,9 @@ def make_recipe(checkpoint: str | Path, settings: dict[str, Any] | None = None,
             card = checkpoint_card(checkpoint)
         ref = card.extractor.name if card is not None and card.extractor is not None else None
     ex_sha = None
-    if ref is not None and Path(str(ref)).is_file():
+    if weights is not None:
+        ex_sha = file_identity(weights, error=ExtractorError).sha
+    elif ref is not None and Path(str(ref)).is_file():
         ex_sha = file_identity(ref, error=ExtractorError).sha
         ref = str(Path(str(ref)).resolve())
     return Recipe({"path": ck.stamp.path, "sha": ck.sha, "algorithm": IDENTITY_ALGORITHM},

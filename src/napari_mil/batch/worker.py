@@ -90,13 +90,15 @@ def load_model_cached(checkpoint: PathLike, device: str = "cpu"):
 
 
 @functools.lru_cache(maxsize=2)
-def _extractor_once(ref: str, stamp: tuple[int, int] | None, device: str):
+def _extractor_once(ref: str, stamp: tuple[int, int] | None, device: str,
+                    weights: str | None = None):
     from ..features.registry import create_extractor
 
-    return create_extractor(ref, device=device)
+    return create_extractor(ref, device=device, weights=weights)
 
 
-def extractor_cached(model, extractor: str | None = None, device: str = "cpu"):
+def extractor_cached(model, extractor: str | None = None, device: str = "cpu",
+                     weights: str | None = None):
     """The patch embedder ``extractor`` (a registered name or a file; default: the one the
     model card names), built once per process and rebuilt when its file changes; ``None``
     when neither names one (``run_slide`` then says what to pass)."""
@@ -109,7 +111,7 @@ def extractor_cached(model, extractor: str | None = None, device: str = "cpu"):
     if path.is_file():
         st = path.stat()
         return _extractor_once(str(path.resolve()), (st.st_mtime_ns, st.st_size), str(device))
-    return _extractor_once(str(ref), None, str(device))
+    return _extractor_once(str(ref), None, str(device), weights)
 
 
 def clear_attempt(slide_dir: Path) -> None:
@@ -203,7 +205,8 @@ def _process_locked(slide_path: str, checkpoint: str, slide_dir: Path,
         note = "recomputed: --overwrite"
     settings = dict(settings)
     extractor = settings.pop("extractor", None)
-    feature_source = settings.pop("features", None)  # pre-extracted: {"source", "patch_size", …}
+    feature_source = settings.pop("features", None)
+    extractor_weights = settings.pop("extractor_weights", None)  # a named encoder's file  # pre-extracted: {"source", "patch_size", …}
     run_settings = RunSettings(**settings)
     atomic_write_text(slide_dir / ATTEMPT, json.dumps(
         {"slide": identity.to_dict(), "recipe": recipe.to_dict()}), overwrite=True)
@@ -218,7 +221,7 @@ def _process_locked(slide_path: str, checkpoint: str, slide_dir: Path,
             features = read_slide_features(slide, scales=model.card.scales, **feature_source)
             result = analyze_slide(slide, model, settings=run_settings, features=features)
         else:
-            ex = extractor_cached(model, extractor, device)
+            ex = extractor_cached(model, extractor, device, extractor_weights)
             result = analyze_slide(slide, model, settings=run_settings, extractor=ex)
         if result.slide_hash != identity.sha or file_stamp(slide_path) != identity.stamp:
             raise SlideError(f"{slide_path} changed while it was analysed: wait until it is "

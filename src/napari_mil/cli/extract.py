@@ -33,14 +33,23 @@ def add_parser(sub) -> argparse.ArgumentParser:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("slides", nargs="+", type=Path, metavar="SLIDE", help="slide files")
     p.add_argument("--extractor", default="cnn-20x",
-                   help="registered name (see --list) or a .safetensors / .pt2 / TorchScript file "
+                   help="registered name (cnn-20x, or a named encoder: resnet50_trunc, uni_v1, "
+                        "uni_v2, conch_v15, virchow, virchow2, hoptimus0, hoptimus1, gigapath, "
+                        "phikon_v2, ...) or a .safetensors / .pt2 / TorchScript file "
                         "(default: cnn-20x)")
+    p.add_argument("--extractor-weights", type=Path, default=None, metavar="PATH",
+                   help="weights of a named encoder (.safetensors, or .bin/.pth read without "
+                        "unpickling; default: the Hugging Face cache, offline)")
+    p.add_argument("--precision", choices=["float16", "bfloat16", "float32"], default=None,
+                   help="autocast dtype on a GPU (default: the encoder card's)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the encoder (slower start, faster long runs on a GPU)")
     p.add_argument("--card", type=Path, default=None,
                    help="card JSON of an exported extractor (default: <file>.json beside it)")
     p.add_argument("--magnifications", default="20x",
                    help="comma-separated magnifications, e.g. 20x,10x,5x (default: 20x)")
     p.add_argument("--patch-size", type=int, default=None,
-                   help="patch size in px (default: 256); with --import-features, the CLAM "
+                   help="patch size in px (default: the encoder card's, else 256); with --import-features, the CLAM "
                         "files' patch size at --patch-level")
     p.add_argument("--import-features", type=Path, default=None, metavar="DIR",
                    help="check and rewrite pre-extracted CLAM / TRIDENT .h5 features (matched to "
@@ -166,8 +175,6 @@ def run(args: argparse.Namespace) -> int:
     from ..features.extract import resolve_cache
     from ..features.registry import create_extractor
 
-    if args.import_features is None and args.patch_size is None:
-        args.patch_size = 256
     if args.patch_size is not None and args.patch_size < 16:
         raise ConfigError(f"--patch-size must be ≥ 16 px, got {args.patch_size}.")
     if not 0 <= args.min_tissue <= 1:
@@ -185,7 +192,12 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("--patch-level describes CLAM feature files: give it with "
                               "--import-features DIR.")
         kwargs = {"card": args.card} if args.card is not None else {}
-        extractor = create_extractor(args.extractor, device=args.device, **kwargs)
+        if args.extractor_weights is not None:
+            kwargs["weights"] = args.extractor_weights
+        extractor = create_extractor(args.extractor, device=args.device, precision=args.precision,
+                                     compile=args.compile, **kwargs)
+        if args.patch_size is None:
+            args.patch_size = extractor.card.patch_size_px or 256
         cache = resolve_cache(False if args.no_cache else args.cache_dir)
     failed = 0
     with warnings.catch_warnings():

@@ -65,6 +65,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--patch-level", type=int, default=None,
                    help="CLAM feature files: the slide level the patches were cut at (0 = full "
                         "resolution)")
+    p.add_argument("--extractor-weights", type=Path, default=None, metavar="PATH",
+                   help="weights file of a named encoder (uni_v1, virchow2, ...; default: the "
+                        "Hugging Face cache, offline)")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="feature cache folder (default: $NAPARI_MIL_CACHE or the user cache)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
@@ -114,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
     feature_source = _feature_source(args)
     if feature_source:
         settings["features"] = feature_source
+    if args.extractor_weights is not None:
+        settings["extractor_weights"] = str(args.extractor_weights.expanduser().resolve())
 
     def show(outcome) -> None:
         if not bars:

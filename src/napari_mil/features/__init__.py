@@ -4,6 +4,7 @@ Names are imported lazily, so ``import napari_mil.features`` does not import tor
 
     from napari_mil.features import create_extractor, extract_features, run_to_end
     ex = create_extractor("cnn-20x")            # or "uni.pt2", "model.safetensors"
+    ex = create_extractor("uni_v1", weights="pytorch_model.bin")  # a named encoder
     fs = run_to_end(extract_features(slide, grid, ex))
 """
 
@@ -19,6 +20,10 @@ _API = {
     "register_extractor": "napari_mil.features.registry",
     "create_extractor": "napari_mil.features.registry",
     "list_extractors": "napari_mil.features.registry",
+    "list_extractor_info": "napari_mil.features.catalog",
+    "check_extractor_ready": "napari_mil.features.catalog",
+    "ExtractorInfo": "napari_mil.features.catalog",
+    "ENCODERS": "napari_mil.features.foundation",
     "save_extractor": "napari_mil.features.registry",
     "extractor_card": "napari_mil.features.registry",
     "load_exported": "napari_mil.features.exported",

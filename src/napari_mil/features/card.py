@@ -34,6 +34,12 @@ MAX_INPUT_SIZE_PX = 4096
 MAX_OUTPUT_DIM = 1_000_000
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+INTERPOLATIONS = ("bilinear", "bicubic")
+PRECISIONS = ("", "float16", "bfloat16", "float32")
+#: fields that only describe (they never change the features): left out of the card's hash
+_DESCRIPTIVE = ("description", "output_tokens", "patch_size_px", "weights_source")
+#: fields added after version 1: left out of the hash at their defaults (old hashes hold)
+_DEFAULTS_V1 = {"resize_px": 0, "interpolation": "bilinear", "precision": ""}
 
 
 class ExtractorKind(StrEnum):
@@ -47,8 +53,15 @@ class ExtractorCard:
     """What an embedder expects (RGB input size, normalisation, pixel size) and returns.
 
     ``mpp`` is the pixel size of the tiles the embedder was trained on (0.5 ≈ 20x); tiles are
-    resized to ``input_size_px`` before embedding. ``arch``/``arch_kwargs`` rebuild a builtin
+    resized to ``input_size_px`` before embedding — or, when ``resize_px`` is set, resized
+    to ``resize_px`` with ``interpolation`` and centre-cropped to ``input_size_px`` (as
+    torchvision's ``Resize`` + ``CenterCrop``). ``arch``/``arch_kwargs`` rebuild a builtin
     architecture from the registry; exported files carry their own graph.
+
+    Descriptive fields: ``output_tokens`` (how the embedding is formed from the network's
+    output), ``patch_size_px`` (the patch side, at ``mpp``, the authors extract),
+    ``weights_source`` (where the weights are published). ``precision`` is the autocast
+    dtype used on a GPU (``""``: float16).
     """
 
     name: str
@@ -62,6 +75,12 @@ class ExtractorCard:
     arch: str = ""
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    resize_px: int = 0
+    interpolation: str = "bilinear"
+    output_tokens: str = ""
+    patch_size_px: int = 0
+    precision: str = ""
+    weights_source: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
@@ -94,6 +113,21 @@ class ExtractorCard:
             problems.append(f"std needs 3 positive values (got {self.std!r})")
         if not (isinstance(self.mpp, (int, float)) and math.isfinite(self.mpp) and self.mpp > 0):
             problems.append(f"mpp must be a positive number of µm/px (got {self.mpp!r})")
+        if (not isinstance(self.resize_px, int) or isinstance(self.resize_px, bool)
+                or not (self.resize_px == 0 or isinstance(self.input_size_px, int)
+                        and self.input_size_px <= self.resize_px <= MAX_INPUT_SIZE_PX)):
+            problems.append(f"resize_px must be 0 or an integer in input_size_px.."
+                            f"{MAX_INPUT_SIZE_PX} (got {self.resize_px!r})")
+        if self.interpolation not in INTERPOLATIONS:
+            problems.append(f"interpolation must be one of {', '.join(INTERPOLATIONS)} "
+                            f"(got {self.interpolation!r})")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision must be one of float16, bfloat16, float32 or empty "
+                            f"(got {self.precision!r})")
+        if (not isinstance(self.patch_size_px, int) or isinstance(self.patch_size_px, bool)
+                or not 0 <= self.patch_size_px <= MAX_INPUT_SIZE_PX):
+            problems.append(f"patch_size_px must be an integer in 0..{MAX_INPUT_SIZE_PX} "
+                            f"(got {self.patch_size_px!r})")
         if self.version > CARD_VERSION:
             problems.append(f"card version {self.version} is newer than this napari-mil "
                             f"understands ({CARD_VERSION}); update napari-mil")
@@ -126,7 +160,7 @@ class ExtractorCard:
                 f"Extractor card has unknown fields {unknown}; known: {sorted(known)}.")
         kw = dict(data)
         try:
-            for key in ("input_size_px", "output_dim", "version"):
+            for key in ("input_size_px", "output_dim", "version", "resize_px", "patch_size_px"):
                 if key in kw:
                     value = kw[key]
                     if isinstance(value, bool) or float(value) != int(value):
@@ -153,8 +187,23 @@ class ExtractorCard:
     def hash(self) -> str:
         """Short fingerprint of everything that changes the features (not the description)."""
         data = self.to_dict()
-        data.pop("description", None)
+        for key in _DESCRIPTIVE:
+            data.pop(key, None)
+        for key, default in _DEFAULTS_V1.items():
+            if data.get(key) == default:
+                data.pop(key, None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def read_size_px(self) -> int:
+        """The side tiles are read at: ``resize_px`` when set (then centre-cropped), else the
+        input size."""
+        return self.resize_px or self.input_size_px
+
+    @property
+    def magnification(self) -> float:
+        """The magnification of ``mpp`` (10 / mpp: 0.5 µm/px is 20x)."""
+        return 10.0 / self.mpp
 
     def replace(self, **changes: Any) -> ExtractorCard:
         data = self.to_dict()

@@ -8,9 +8,11 @@ commits what is done to the cache, so the next call resumes.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import logging
 import time
 import warnings
+from collections import deque
 from collections.abc import Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,7 +33,7 @@ if TYPE_CHECKING:
 
     from ..io.slide import Slide
     from ..tiling.grid import TileGrid
-    from .extractor import Extractor
+    from .extractor import Extractor, PendingFeatures
 
 __all__ = [
     "ExtractionProgress",
@@ -44,6 +46,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: an embedder with more parameters than this gets every core while it runs on a CPU
+_HEAVY_PARAMS = 2_000_000
 #: a scale whose mpp differs from the extractor's by more than this fraction gets a warning
 _MPP_WARN = 0.25
 
@@ -151,7 +155,7 @@ def extract_features(
     tile_size = float(boxes[0, 2]) if n else (
         scale.patch_size_px * scale.mpp / slide.mpp if scale and slide.mpp else 1.0)
     _check_scale(ex, scale, slide)
-    out_size = ex.card.input_size_px
+    out_size = ex.card.read_size_px  # the input size, or the size a centre crop is cut from
     card_dict = ex.card.to_dict()
     meta = {"extractor": card_dict, "scale": scale.to_dict() if scale else None,
             "tile_size_level0": tile_size, "slide": slide.name, "read_method": method.value}
@@ -186,34 +190,76 @@ def extract_features(
     n_done, computed = int(done.sum()), 0
     batches = iter_patch_batches(slide, boxes[todo], out_size, batch_size=batch_size,
                                  num_workers=num_workers, prefetch=prefetch, method=method)
+    writer = _CacheWriter(entry, slide, boxes, out_size)
+    pending: deque[tuple[np.ndarray, PendingFeatures]] = deque()
+
+    def finish() -> ExtractionProgress:
+        nonlocal n_done, computed
+        tiles, job = pending.popleft()
+        emb = job.result().numpy()  # (B, D)
+        if not np.isfinite(emb).all():
+            raise ExtractorError(
+                f"Extractor {ex.card.name!r} produced NaN or infinite features; check its "
+                "weights, its card's mean/std, or use another device.")
+        if entry is None:
+            feats[tiles] = emb
+            done[tiles] = True
+        else:
+            writer.add(tiles, emb, feats)  # written behind, in order
+        n_done += len(tiles)
+        computed += len(tiles)
+        elapsed = time.perf_counter() - t0
+        return ExtractionProgress(n_done, n, computed / max(elapsed, 1e-9), tiles, emb,
+                                  elapsed, False, scale.name if scale else "")
+
     try:
         for batch in batches:
-            tiles = todo[batch.indices]  # (B,) grid indices
             with _torch_threads(threads):
-                emb = ex.embed(batch.images).numpy()  # (B, D)
-            if not np.isfinite(emb).all():
-                raise ExtractorError(
-                    f"Extractor {ex.card.name!r} produced NaN or infinite features; check its "
-                    "weights, its card's mean/std, or use another device.")
-            if entry is not None:
-                # Patches over a damaged tile are not cached: a later run served from the
-                # cache would decode nothing and could not see (and skip) the damage.
-                clean = ~over_damaged_tiles(slide, boxes[tiles], out_size)  # (B,)
-                entry.add(tiles[clean], emb[clean])  # fills feats/done (the entry's arrays) too
-                feats[tiles[~clean]] = emb[~clean]
-            else:
-                feats[tiles] = emb
-                done[tiles] = True
-            n_done += len(tiles)
-            computed += len(tiles)
-            elapsed = time.perf_counter() - t0
-            yield ExtractionProgress(n_done, n, computed / max(elapsed, 1e-9), tiles, emb,
-                                     elapsed, False, scale.name if scale else "")
+                pending.append((todo[batch.indices], ex.embed_async(batch.images)))
+            # on a GPU one batch stays in flight while the next is decoded and sent
+            while pending and (len(pending) > 1 or pending[0][1].ready()):
+                yield finish()
+        while pending:
+            yield finish()
     finally:
         batches.close()
+        writer.close()
         if entry is not None:
             entry.close()  # writes what is buffered, releases the entry lock
     return result(feats)
+
+
+class _CacheWriter:
+    """Adds features to the cache entry in a background thread, in order, so that the next
+    batch's embedding does not wait on the write; ``close()`` waits for every write."""
+
+    def __init__(self, entry: FeatureCacheEntry | None, slide: Slide, boxes: np.ndarray,
+                 out_size: int) -> None:
+        self._entry, self._slide, self._boxes, self._size = entry, slide, boxes, out_size
+        self._pool = None if entry is None else cf.ThreadPoolExecutor(
+            1, thread_name_prefix="napari-mil-cache")
+        self._futures: deque[cf.Future] = deque()
+
+    def _write(self, tiles: np.ndarray, emb: np.ndarray, feats: np.ndarray) -> None:
+        # Patches over a damaged tile are not cached: a later run served from the cache
+        # would decode nothing and could not see (and skip) the damage.
+        clean = ~over_damaged_tiles(self._slide, self._boxes[tiles], self._size)  # (B,)
+        self._entry.add(tiles[clean], emb[clean])  # fills the entry's feats/done too
+        feats[tiles[~clean]] = emb[~clean]
+
+    def add(self, tiles: np.ndarray, emb: np.ndarray, feats: np.ndarray) -> None:
+        while self._futures and self._futures[0].done():
+            self._futures.popleft().result()  # a failed write is raised here
+        self._futures.append(self._pool.submit(self._write, tiles, emb, feats))
+
+    def close(self) -> None:
+        if self._pool is None:
+            return
+        try:
+            while self._futures:
+                self._futures.popleft().result()
+        finally:
+            self._pool.shutdown(wait=True)
 
 
 def _read_tags(method: ReadMethod) -> tuple[str, ...]:
@@ -223,8 +269,9 @@ def _read_tags(method: ReadMethod) -> tuple[str, ...]:
 
 def _embed_threads(ex: Extractor, num_workers: int, requested: int | None) -> int | None:
     """Intra-op threads for a CPU embedder: the cores the decoding workers leave (≥ 1, and
-    not more than torch uses now). Decoding and embedding both need the CPU; threads that
-    outnumber the cores make torch's workers spin and wait on each other."""
+    not more than torch uses now); every core for a large encoder, whose cost dwarfs
+    decoding. Decoding and embedding both need the CPU; threads that outnumber the cores
+    make torch's workers spin and wait on each other."""
     if requested is not None:
         if int(requested) < 1:
             raise ConfigError(f"torch_threads must be ≥ 1, got {requested!r}.")
@@ -236,6 +283,9 @@ def _embed_threads(ex: Extractor, num_workers: int, requested: int | None) -> in
     import torch
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if sum(p.numel() for p in ex.module.parameters()) > _HEAVY_PARAMS:
+        # a large encoder (ResNet50, a ViT) dominates: the decoding threads mostly wait
+        return max(1, min(torch.get_num_threads(), int(cores or 1)))
     return max(1, min(torch.get_num_threads(), int(cores or 1) - int(num_workers)))
 
 

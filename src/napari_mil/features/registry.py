@@ -44,7 +44,7 @@ __all__ = [
 ExtractorFactory = Callable[..., "tuple[nn.Module, ExtractorCard]"]
 
 _REGISTRY: dict[str, ExtractorFactory] = {}
-_PROVIDERS = ("napari_mil.features.cnn",)
+_PROVIDERS = ("napari_mil.features.cnn", "napari_mil.features.foundation")
 EXPORT_SUFFIXES = (".pt2",)
 TORCHSCRIPT_SUFFIXES = (".pt", ".ts", ".jit", ".torchscript")
 
@@ -161,11 +161,18 @@ def create_extractor(
     device: str | Device | torch.device = Device.AUTO,
     weights: PathLike | None = None,
     card: ExtractorCard | PathLike | None = None,
+    precision: str | None = None,
+    compile: bool = False,
 ) -> Extractor:
     """Build an :class:`Extractor` from a registered name or a model file.
 
-    ``weights`` overrides a builtin's shipped weights (a ``.safetensors`` file); ``card``
-    overrides the card beside an exported model (an ExtractorCard or a JSON path).
+    ``weights`` overrides a builtin's shipped weights (a ``.safetensors`` file); for a named
+    foundation encoder (``uni_v1``, ``virchow2``, ... see :mod:`.foundation`) it is the
+    published weights file (``.safetensors``, or ``.bin``/``.pth`` read with
+    ``weights_only=True``); without it the Hugging Face cache is searched (offline).
+    ``card`` overrides the card beside an exported model (an ExtractorCard or a JSON path).
+    ``precision`` (CUDA autocast dtype) and ``compile`` (``torch.compile``): see
+    :class:`~.extractor.Extractor`.
     """
     from .extractor import Extractor
 
@@ -173,8 +180,11 @@ def create_extractor(
     key = str(name_or_path).lower()
     if key in _REGISTRY and not Path(str(name_or_path)).is_file():
         module, built_card = _REGISTRY[key](weights=weights)
-        return Extractor(module, built_card, device=device,
-                         fingerprint=_state_fingerprint(module, built_card))
+        weights_file = getattr(module, "weights_file", None)  # named encoders: the file read
+        fp = (_file_fingerprint(Path(weights_file), built_card) if weights_file
+              else _state_fingerprint(module, built_card))
+        return Extractor(module, built_card, device=device, precision=precision,
+                         compile=compile, fingerprint=fp)
     path = Path(str(name_or_path)).expanduser()
     if not path.exists():
         raise ExtractorError(
@@ -186,7 +196,8 @@ def create_extractor(
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
         module, file_card, fp = _create_from_safetensors(path)
-        return Extractor(module, file_card, device=device, fingerprint=fp)
+        return Extractor(module, file_card, device=device, fingerprint=fp, precision=precision,
+                         compile=compile)
     from .exported import load_exported
 
     return load_exported(path, card=card, device=device)
