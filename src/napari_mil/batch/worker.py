@@ -205,8 +205,8 @@ def _process_locked(slide_path: str, checkpoint: str, slide_dir: Path,
         note = "recomputed: --overwrite"
     settings = dict(settings)
     extractor = settings.pop("extractor", None)
-    feature_source = settings.pop("features", None)
-    extractor_weights = settings.pop("extractor_weights", None)  # a named encoder's file  # pre-extracted: {"source", "patch_size", …}
+    feature_source = settings.pop("features", None)  # pre-extracted: {"source", "patch_size", …}
+    extractor_weights = settings.pop("extractor_weights", None)  # a named encoder's file
     run_settings = RunSettings(**settings)
     atomic_write_text(slide_dir / ATTEMPT, json.dumps(
         {"slide": identity.to_dict(), "recipe": recipe.to_dict()}), overwrite=True)

@@ -49,8 +49,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--magnifications", default="20x",
                    help="comma-separated magnifications, e.g. 20x,10x,5x (default: 20x)")
     p.add_argument("--patch-size", type=int, default=None,
-                   help="patch size in px (default: the encoder card's, else 256); with --import-features, the CLAM "
-                        "files' patch size at --patch-level")
+                   help="patch size in px (default: the encoder card's, else 256); with "
+                        "--import-features, the CLAM files' patch size at --patch-level")
     p.add_argument("--import-features", type=Path, default=None, metavar="DIR",
                    help="check and rewrite pre-extracted CLAM / TRIDENT .h5 features (matched to "
                         "slides by name) instead of embedding tiles")
