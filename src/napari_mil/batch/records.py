@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..errors import CheckpointError, ExtractorError
+from ..errors import CheckpointError, ConfigError, ExtractorError
 from ..io.atomic import atomic_write_text
 from ..io.identity import IDENTITY_ALGORITHM, FileIdentity, file_identity
 
@@ -92,7 +92,11 @@ def make_recipe(checkpoint: str | Path, settings: dict[str, Any] | None = None,
 
     settings = dict(settings or {})
     ref = settings.pop("extractor", None)
-    run = RunSettings(**settings).to_dict()
+    try:
+        run = RunSettings(**settings).to_dict()
+    except TypeError as exc:  # an unknown key
+        raise ConfigError(f"Unknown run setting ({exc}); known: 'extractor', "
+                          f"{', '.join(map(repr, RunSettings.__dataclass_fields__))}.") from exc
     ck = file_identity(checkpoint, error=CheckpointError)
     if ref is None:
         if card is None:
