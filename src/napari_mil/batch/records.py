@@ -225,6 +225,8 @@ def check_done(slide_dir: Path, recipe: Recipe, slide: FileIdentity | None,
             changes.insert(0, f"slide content {str(rec.get('path', '?'))} (sha "
                               f"{str(rec.get('sha', '?'))[:12]}…) → {slide.stamp.path} (sha "
                               f"{slide.sha[:12]}…)")
-    elif stamp is None or {k: rec.get(k) for k in stamp.to_dict()} != stamp.to_dict():
+    elif (stamp is None or rec.get("settled") is not True
+          or {k: rec.get(k) for k in stamp.to_dict()} != stamp.to_dict()):
+        # the stamp alone identifies the recorded hash only for a file that had settled
         return DoneCheck("stale" if changes else "unverified", done, tuple(changes))
     return DoneCheck("stale" if changes else "current", done, tuple(changes))
