@@ -1,8 +1,10 @@
 """Fault test: ``napari-mil infer`` killed with SIGKILL at random moments, then rerun.
 
 Ten trials, each a real ``napari-mil infer`` process (driver, nanny and worker in one process
-group) killed at a random moment of its run; half of them are ``--overwrite`` runs over a
-complete folder made by another checkpoint. After each kill: every ``result.npz`` that exists
+group) killed at a random moment: in half of them a random time into the run, in the other
+half a random 0–0.4 s after a random slide's work began (its ``.attempt.json`` appeared), so
+that kills land mid-slide; half of the trials are ``--overwrite`` runs over a complete folder
+made by another checkpoint. After each kill: every ``result.npz`` that exists
 loads and every ``done.json`` that exists matches its files. The rerun then either finishes
 (exit 0) with outputs equal to an uninterrupted run — so a ``skipped`` slide never has stale
 files — or, after an interrupted ``--overwrite`` run, refuses (exit 2) exactly the slides
@@ -64,6 +66,13 @@ def _kill(proc: subprocess.Popen) -> None:
         with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
             os.kill(kid.pid, signal.SIGKILL)
     proc.communicate(timeout=60)
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Until ``path`` exists (or the run ends, or ``timeout`` passes)."""
+    end = time.monotonic() + timeout
+    while not path.exists() and proc.poll() is None and time.monotonic() < end:
+        time.sleep(0.005)
 
 
 def _ckpt(tmp_path: Path, name: str, seed: int) -> Path:
@@ -145,7 +154,9 @@ def test_infer_killed_at_random_moments_reruns_to_the_uninterrupted_outputs(tmp_
     full_s = time.monotonic() - t0
     assert rc == 0, err
     baseline = _outputs(tmp_path / "base", slides)
+    t0 = time.monotonic()
     rc, err = _finish(_infer(slides, other, tmp_path / "made-by-b", tmp_path / "b-cache"))
+    warm_s = time.monotonic() - t0  # a run with the imports in the page cache
     assert rc == 0, err
     other_sha = json.loads((tmp_path / "made-by-b" / slide_key(slides[0]) / "done.json")
                            .read_text())["recipe"]["checkpoint"]["sha"]
@@ -160,7 +171,11 @@ def test_infer_killed_at_random_moments_reruns_to_the_uninterrupted_outputs(tmp_
         if overwrite_run:  # a complete folder made by the other checkpoint
             shutil.copytree(tmp_path / "made-by-b", out)
         proc = _infer(slides, ckpt, out, cache, *extra)
-        time.sleep(rng.uniform(0.3, 1.05) * full_s)
+        if trial < TRIALS // 2:  # a random time into the run
+            time.sleep(rng.uniform(0.2, 1.0) * warm_s)
+        else:  # mid-slide: shortly after a random slide's work began
+            _wait_for(out / slide_key(rng.choice(slides)) / ".attempt.json", proc)
+            time.sleep(rng.uniform(0.0, 0.4))
         _kill(proc)
         complete_at_kill.append(_check_after_kill(out, slides))
 
@@ -184,5 +199,6 @@ def test_infer_killed_at_random_moments_reruns_to_the_uninterrupted_outputs(tmp_
             assert not list((out / slide_key(s)).glob(".*.tmp"))
         shutil.rmtree(out)
         shutil.rmtree(cache, ignore_errors=True)
-    print(f"{TRIALS} trials, full run {full_s:.1f} s, slides complete at each kill "
+    print(f"{TRIALS} trials, full run {full_s:.1f} s (warm {warm_s:.1f} s), slides complete "
+          f"at each kill "
           f"{complete_at_kill}, {refused} reruns refused stale outputs")

@@ -118,7 +118,8 @@ def test_settings_out_of_range_refused_by_the_python_api(setup, no_cluster):
     from napari_mil.batch import run_cohort
 
     tmp_path, slide, ckpt = setup
-    for bad in ({"batch_size": 0}, {"min_tissue": float("nan")}, {"min_tissue": 2.0}):
+    for bad in ({"batch_size": 0}, {"min_tissue": float("nan")}, {"min_tissue": 2.0},
+                {"batchsize": 8}):
         with pytest.raises(ConfigError):
             run_cohort([slide], ckpt, tmp_path / "api", settings={"device": "cpu", **bad})
     assert not (tmp_path / "api").exists()

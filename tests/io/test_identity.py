@@ -37,10 +37,12 @@ def test_one_byte_anywhere_changes_it_even_with_times_restored(tmp_path, counted
     assert len(counted) == 2
 
 
-def test_cached_by_stamp_in_memory_and_on_disk(tmp_path, counted):
+def test_cached_by_stamp_in_memory_and_on_disk(tmp_path, counted, monkeypatch):
+    monkeypatch.setattr(identity, "SETTLE_NS", 0)  # files made by the test count as settled
     path = tmp_path / "s.svs"
     path.write_bytes(os.urandom(3 * 2**20))
     first = file_identity(path, cache_dir=tmp_path / "ids")
+    assert first.settled
     assert file_identity(path, cache_dir=tmp_path / "ids") == first
     identity._MEMORY.clear()  # a new process: the disk cache answers
     assert file_identity(path, cache_dir=tmp_path / "ids") == first
@@ -49,6 +51,16 @@ def test_cached_by_stamp_in_memory_and_on_disk(tmp_path, counted):
     copy.write_bytes(path.read_bytes())
     assert file_identity(copy, cache_dir=False).sha == first.sha  # content, not name
     assert len(counted) == 2
+
+
+def test_a_file_changed_just_before_hashing_is_never_cached(tmp_path, counted):
+    path = tmp_path / "fresh.svs"
+    path.write_bytes(os.urandom(2**20))  # changed now: within SETTLE_NS
+    first = file_identity(path, cache_dir=tmp_path / "ids")
+    assert not first.settled and first.to_dict()["settled"] is False
+    assert file_identity(path, cache_dir=tmp_path / "ids").sha == first.sha
+    assert len(counted) == 2  # hashed again: the same stamp may hide a second write
+    assert not (tmp_path / "ids").exists()
 
 
 def test_multi_leaf_tree(tmp_path, monkeypatch):

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..errors import CheckpointError, ExtractorError
+from ..errors import CheckpointError, ConfigError, ExtractorError
 from ..io.atomic import atomic_write_text
 from ..io.identity import IDENTITY_ALGORITHM, FileIdentity, file_identity
 
@@ -94,7 +94,11 @@ def make_recipe(checkpoint: str | Path, settings: dict[str, Any] | None = None,
     ref = settings.pop("extractor", None)
     features = settings.pop("features", None)
     weights = settings.pop("extractor_weights", None)  # a named encoder's weights file
-    run = RunSettings(**settings).to_dict()
+    try:
+        run = RunSettings(**settings).to_dict()
+    except TypeError as exc:  # an unknown key
+        raise ConfigError(f"Unknown run setting ({exc}); known: 'extractor', 'extractor_weights', 'features', "
+                          f"{', '.join(map(repr, RunSettings.__dataclass_fields__))}.") from exc
     ck = file_identity(checkpoint, error=CheckpointError)
     if features:  # pre-extracted features take the extractor's place
         words = ", ".join(f"{k}={features[k]}" for k in sorted(features))
@@ -230,6 +234,8 @@ def check_done(slide_dir: Path, recipe: Recipe, slide: FileIdentity | None,
             changes.insert(0, f"slide content {str(rec.get('path', '?'))} (sha "
                               f"{str(rec.get('sha', '?'))[:12]}…) → {slide.stamp.path} (sha "
                               f"{slide.sha[:12]}…)")
-    elif stamp is None or {k: rec.get(k) for k in stamp.to_dict()} != stamp.to_dict():
+    elif (stamp is None or rec.get("settled") is not True
+          or {k: rec.get(k) for k in stamp.to_dict()} != stamp.to_dict()):
+        # the stamp alone identifies the recorded hash only for a file that had settled
         return DoneCheck("stale" if changes else "unverified", done, tuple(changes))
     return DoneCheck("stale" if changes else "current", done, tuple(changes))

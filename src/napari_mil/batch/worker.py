@@ -179,14 +179,14 @@ def _process_locked(slide_path: str, checkpoint: str, slide_dir: Path,
     identity = file_identity(slide_path)  # the whole file, hashed once per version
     check = check_done(slide_dir, recipe, identity)
     note = ""
-    if check.state == "current" and (not overwrite or check.done.get("run_id") == run_id):
-        # a rerun (or a task dask repeats) keeps what is complete; a copied slide file whose
-        # content is unchanged gets its new stamp recorded
+    mine = run_id is not None and check.done is not None and check.done.get("run_id") == run_id
+    if check.state == "current" and (not overwrite or mine):
+        # a rerun (or a task dask repeats: ``mine``) keeps what is complete; a copied slide
+        # file whose content is unchanged gets its new stamp recorded
         (slide_dir / ATTEMPT).unlink(missing_ok=True)  # left by a kill after done.json
         if check.done.get("slide") != identity.to_dict():
             atomic_write_text(slide_dir / DONE, json.dumps(
                 {**check.done, "slide": identity.to_dict()}, indent=1), overwrite=True)
-        mine = run_id is not None and check.done.get("run_id") == run_id
         return outcome_from_done(slide_path, slide_dir, check.done,
                                  SlideStatus.OK if mine or run_id is None else SlideStatus.SKIPPED)
     if check.state == "foreign" and not overwrite:

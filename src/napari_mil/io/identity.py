@@ -11,6 +11,12 @@ beside the feature cache), so each version of a slide is read once: a rerun over
 hashes nothing that did not change. Restoring a modification time (``touch -d``) does not
 fool the stamp, because that changes the change time.
 
+File times tick coarsely (milliseconds on most file systems), so a file written again within
+the same tick keeps its stamp. A file changed less than :data:`SETTLE_NS` before it was hashed
+is therefore *unsettled*: its hash is returned but never cached, and records made from it
+(``FileIdentity.settled`` false) are not trusted by stamp alone later (the same guard as git's
+"racy" index entries).
+
 The hash is for identity (caches, provenance, matching a result to its slide), not security.
 """
 
@@ -21,6 +27,7 @@ import json
 import logging
 import stat
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,6 +47,8 @@ HASH_THREADS = 4
 _MEMORY: dict[FileStamp, str] = {}
 _MEMORY_LOCK = threading.Lock()
 _MEMORY_MAX = 4096
+#: a file changed less than this long before it was hashed may change again unseen
+SETTLE_NS = 2_000_000_000
 
 
 @dataclass(frozen=True)
@@ -67,9 +76,12 @@ class FileIdentity:
 
     stamp: FileStamp
     sha: str  # hex, 64 characters
+    #: the file had not changed for SETTLE_NS when it was hashed: its stamp identifies this hash
+    settled: bool = True
 
     def to_dict(self) -> dict:
-        return {"sha": self.sha, "algorithm": IDENTITY_ALGORITHM, **self.stamp.to_dict()}
+        return {"sha": self.sha, "algorithm": IDENTITY_ALGORITHM, "settled": self.settled,
+                **self.stamp.to_dict()}
 
 
 def file_stamp(path: PathLike) -> FileStamp:
@@ -166,9 +178,12 @@ def file_identity(path: PathLike, *, cache_dir: PathLike | None | bool = None,
             if sha is None:
                 sha = _read_disk(root, stamp)
             if sha is None:
+                began = time.time_ns()
                 sha = _hash_file(stamp.path, stamp.size)
                 if file_stamp(path) != stamp:  # written to while we read it: read it again
                     continue
+                if began - max(stamp.mtime_ns, stamp.ctime_ns) < SETTLE_NS:
+                    return FileIdentity(stamp, sha, settled=False)  # not cached
                 _write_disk(root, stamp, sha)
             with _MEMORY_LOCK:
                 if len(_MEMORY) >= _MEMORY_MAX:
