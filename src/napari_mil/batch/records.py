@@ -97,7 +97,8 @@ def make_recipe(checkpoint: str | Path, settings: dict[str, Any] | None = None,
     try:
         run = RunSettings(**settings).to_dict()
     except TypeError as exc:  # an unknown key
-        raise ConfigError(f"Unknown run setting ({exc}); known: 'extractor', 'extractor_weights', 'features', "
+        raise ConfigError(f"Unknown run setting ({exc}); known: 'extractor', "
+                          "'extractor_weights', 'features', "
                           f"{', '.join(map(repr, RunSettings.__dataclass_fields__))}.") from exc
     ck = file_identity(checkpoint, error=CheckpointError)
     if features:  # pre-extracted features take the extractor's place
