@@ -45,20 +45,38 @@ fi
 VENV_PY="$ROOT/.venv/bin/python"
 export VENV_PY
 
-# torch: the test environment pins one torch + torchvision pair (each torchvision wheel needs
-# the torch release it was built for); the foundation extra (timm, torchvision, transformers)
-# is installed so that the named-encoder tests run (NAPARI_MIL_REQUIRE_FOUNDATION=1 makes
-# them fail rather than skip when it is missing). A machine whose torch and torchvision
-# already import together keeps its own builds (e.g. CUDA on a GPU workstation).
-TORCH_PAIR=("torch==2.14.1" "torchvision==0.29.1")
-if ! "$VENV_PY" -c "import torch, torchvision" 2>/dev/null; then
-  echo "bootstrap: installing ${TORCH_PAIR[*]}"
-  "$VENV_PY" -m pip install -q "${TORCH_PAIR[@]}"
+# Extras: the main job needs "all"; the test command adds "testing" and "foundation" (timm,
+# torchvision, transformers for the named encoders: several GB), so the default set-up stays
+# light. NAPARI_MIL_EXTRAS chooses them (scripts/test.sh sets it).
+EXTRAS="${NAPARI_MIL_EXTRAS:-all,testing}"
+# torch: with the foundation extra, one torch + torchvision pair (each torchvision wheel needs
+# the torch release it was built for); otherwise the CPU build, which keeps machines off
+# multi-GB CUDA wheels. A machine whose torch (and torchvision) already import keeps its own
+# builds (e.g. CUDA on a GPU workstation).
+case ",$EXTRAS," in
+  *,foundation,*)
+    TORCH_PAIR=("torch==2.14.1" "torchvision==0.29.1")
+    if ! "$VENV_PY" -c "import torch, torchvision" 2>/dev/null; then
+      echo "bootstrap: installing ${TORCH_PAIR[*]}"
+      "$VENV_PY" -m pip install -q "${TORCH_PAIR[@]}"
+    fi
+    # the named-encoder tests fail rather than skip when the extra is missing
+    export NAPARI_MIL_REQUIRE_FOUNDATION=1 ;;
+  *)
+    if ! "$VENV_PY" -c "import torch" 2>/dev/null; then
+      "$VENV_PY" -m pip install -q "torch==2.13.0"
+    fi ;;
+esac
+stamp="$ROOT/.venv/.napari-mil-installed"  # holds the extras installed
+have_extras() {  # every extra asked for is in the stamp
+  local e
+  for e in ${EXTRAS//,/ }; do
+    grep -q ",$e," <<< ",$(cat "$stamp" 2>/dev/null)," || return 1
+  done
+}
+if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ] || ! have_extras; then
+  echo "bootstrap: installing napari-mil and its dependencies ($EXTRAS)"
+  "$VENV_PY" -m pip install -q -e "$ROOT[$EXTRAS]"
+  echo "$EXTRAS" > "$stamp"
 fi
-stamp="$ROOT/.venv/.napari-mil-installed"
-if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
-  echo "bootstrap: installing napari-mil and its dependencies"
-  "$VENV_PY" -m pip install -q -e "$ROOT[all,testing,foundation]"
-  touch "$stamp"
-fi
-export NAPARI_MIL_REQUIRE_FOUNDATION=1
+
