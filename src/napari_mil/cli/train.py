@@ -89,8 +89,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--scheme-kwargs", type=_json_arg, default={}, help="JSON object, e.g. '{\"beta\": 0.01}'"
     )
     p.add_argument(
-        "--extractor", default=None, help="patch embedder the features came from (for the card)"
-    )
+        "--extractor", default=None,
+        help="patch embedder the features came from (for the card): a registered name or the "
+             "extractor file given to extract (its card's name and hash are recorded)")
     p.add_argument("--scales", nargs="+", default=["20x"], help="magnification(s) of the features")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -146,6 +147,21 @@ def _dataset(args: argparse.Namespace):
     return ds, False
 
 
+def _extractor_ref(value: str | None):
+    """The card entry for ``--extractor``: a registered name as given; an extractor file as
+    its card's name and hash, which is what inference compares the features' extractor with
+    (the path itself names no registered extractor)."""
+    from pathlib import Path
+
+    if value is None or not Path(value).expanduser().is_file():
+        return value
+    from ..features.registry import create_extractor
+    from ..models.card import ExtractorRef
+
+    ref = ExtractorRef.coerce(create_extractor(value, device="cpu").card)
+    return ref.to_dict()
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -172,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
             max_instances=args.max_instances,
             scheme=args.scheme,
             scheme_kwargs=args.scheme_kwargs,
-            extractor=args.extractor,
+            extractor=_extractor_ref(args.extractor),
             scales=tuple(args.scales),
         )
     except TypeError as exc:  # pragma: no cover - argparse types guard this
