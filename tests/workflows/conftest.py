@@ -8,6 +8,7 @@ from wf_cohort import EXTRACTOR, SLIDES, CohortRun
 from napari_mil.cli.main import main
 
 distributed = pytest.importorskip("distributed")
+pytest.importorskip("torch")
 
 
 @pytest.fixture(scope="session")

@@ -11,10 +11,9 @@ import shutil
 import numpy as np
 import pytest
 import tifffile
+from wf_cohort import SLIDES, read_done, read_summary
 
 from napari_mil.cli.main import main
-
-from wf_cohort import SLIDES, read_done, read_summary
 
 pytestmark = pytest.mark.slow
 POSITIVE = [name for name, *_, lesion in SLIDES if lesion != "none"]
@@ -42,11 +41,16 @@ def test_cohort_from_slides_to_review(cohort_run, capsys, tmp_path):
         assert s0.mpp == pytest.approx(0.2527)
         assert any(abs(d - round(d)) > 1e-3 for d in s0.level_downsamples)
 
-    # --- train: nested CV wrote its folds, the card names the extractor infer can rebuild
-    card = json.loads(json.dumps(read_done(res, "a0")))
+    # --- train: nested CV wrote its folds; the card names the extractor given to train as a
+    # file by its card's name and hash, which infer can rebuild and check features against
+    from napari_mil.models.checkpoint import read_checkpoint_card
+
     train_dir = run.model.parent
     assert (train_dir / "fold0").is_dir() and (train_dir / "fold1").is_dir()
     assert (train_dir / "test_predictions.csv").is_file()
+    card = read_checkpoint_card(run.model)
+    assert card.extractor.name == "cnn-20x" and card.extractor.card_hash
+    assert card.training["evaluation"] == "nested_cv_refit" and card.training["folds"] == 2
 
     # --- infer: every slide ok, provenance keyed by what made it
     summary = read_summary(res)
@@ -65,7 +69,7 @@ def test_cohort_from_slides_to_review(cohort_run, capsys, tmp_path):
         # the 20x lattice stride in level-0 px is 128 µm over the slide's own pixel size
         stride = meta["scales"]["20x"]["tile_size_level0"]
         assert stride == pytest.approx(256 * 0.5 / mpp)
-    assert card["recipe"]["checkpoint"]["path"].endswith("model.safetensors")
+    assert read_done(res, "a0")["recipe"]["checkpoint"]["path"] == str(run.model.resolve())
 
     # --- rerun: all skipped, nothing rewritten
     before = _snapshot(res)
@@ -106,7 +110,8 @@ def test_cohort_from_slides_to_review(cohort_run, capsys, tmp_path):
                      str(run.cohort / f"{name}.geojson"), "--slide", str(run.slide(name)),
                      "--json"]) == 0
         out = json.loads(capsys.readouterr().out)
-        assert out["positive_classes"] == ["Macro lesion"] and out["classes_left_out"] == ["Tissue"]
+        assert out["positive_classes"] == ["Macro lesion"]
+        assert out["classes_left_out"] == ["Tissue"]
         assert {(r["layer"], r["scale"]) for r in out["reports"]} == \
             {("instance scores", "20x"), ("attention", "20x")}
         compared[name] = out
@@ -122,7 +127,8 @@ def test_cohort_from_slides_to_review(cohort_run, capsys, tmp_path):
     a0, a0_res = run.slide("a0"), str(res / "a0" / "result.npz")
     meta = _result_meta(res / "a0" / "result.npz")
     n_tiles = len(np.load(res / "a0" / "result.npz")["s0/coords_xy"])
-    assert main(["export", "tiles", a0_res, "--slide", str(a0), "--out", str(ex / "t.geojson")]) == 0
+    assert main(["export", "tiles", a0_res, "--slide", str(a0),
+                 "--out", str(ex / "t.geojson")]) == 0
     feats = json.loads((ex / "t.geojson").read_text())["features"]
     assert len(feats) == n_tiles
     assert main(["export", "tiles", a0_res, "--slide", str(a0), "--out", str(ex / "t.csv")]) == 0
@@ -154,8 +160,8 @@ def test_cohort_from_slides_to_review(cohort_run, capsys, tmp_path):
     assert len(review) == len(SLIDES) and review.progress() == (0, len(SLIDES))
     review.set_verdict("a0", "agree", "lesion found")
     review.set_verdict("a2", "disagree")
-    top = sorted(zip(np.load(res / "a0" / "result.npz")["s0/instance_scores"],
-                     range(n_tiles)), reverse=True)[0][1]
+    with np.load(res / "a0" / "result.npz") as z:
+        top = int(np.argmax(z["s0/instance_scores"]))
     review.set_tile_mark("a0", "20x", int(top), "disagree")
     assert review.progress_text() == f"2 of {len(SLIDES)} reviewed"
     reopened = CohortReview.open(res)

@@ -1,6 +1,6 @@
-"""Helpers of the workflow tests. A small cohort taken through the real CLI once per session: generated slides at scanner
-pixel sizes (0.2527 and 0.499 µm/px, one with a non-integer pyramid downsample), ``extract``,
-``train --folds`` and ``infer``. The workflow tests start from the files this leaves on disk."""
+"""Helpers of the workflow tests: the cohort the session fixture takes through the real CLI
+(generated slides at scanner pixel sizes, 0.2527 and 0.499 µm/px, one with a non-integer
+pyramid downsample; ``extract``, ``train --folds``, ``infer``) and readers of what it left."""
 
 from __future__ import annotations
 
@@ -9,12 +9,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 from napari_mil.cli.main import main
-
-distributed = pytest.importorskip("distributed")
-pytest.importorskip("torch")
 
 REPO = Path(__file__).resolve().parents[2]
 EXTRACTOR = REPO / "sample_data" / "extractor-cnn-20x.safetensors"
