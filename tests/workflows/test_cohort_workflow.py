@@ -114,6 +114,9 @@ def test_cohort_from_slides_to_review(cohort_run, capsys, tmp_path):
         assert out["classes_left_out"] == ["Tissue"]
         assert {(r["layer"], r["scale"]) for r in out["reports"]} == \
             {("instance scores", "20x"), ("attention", "20x")}
+        # tiles of a fractional-stride lattice overlap by a fraction of a pixel: shared area
+        # is counted once, so the lesion is tiled at most once
+        assert all(0 < r["annotated_area_tiled"] <= 1 + 1e-9 for r in out["reports"])
         compared[name] = out
     for name in NEGATIVE:  # a negative slide's truth holds tissue only: nothing to measure
         capsys.readouterr()
