@@ -236,3 +236,26 @@ def test_default_positive_classes_leave_out_tissue_background_other_ignore(tmp_p
     doc = json.loads(capsys.readouterr().out)
     assert doc["positive_classes"] == ["Tissue"] and doc["positive_default"] is False
     assert doc["reports"][0]["classes"] == ["Tissue"]
+
+
+def test_annotated_area_tiled_counts_once_what_rounded_lattice_tiles_share():
+    """A 20x lattice on a 0.499 µm/px slide: stride 256.51 px, corners rounded, tiles of
+    257 px, so neighbours overlap by half a pixel. A lesion inside the tiled block is tiled
+    exactly once (1.0), not the sum of the tiles' shares (> 1)."""
+    stride = 256 * 0.5 / 0.499
+    ij = np.array([(i, j) for j in range(4) for i in range(4)])
+    coords = np.round(ij * stride).astype(np.int64)
+    tv = TileValues(coords, 257, np.linspace(0, 1, len(coords)), name="score", scale="20x",
+                    stride_px=stride)  # as a saved result records it
+    assert tv.stride == pytest.approx(stride)
+    lesion = shapely.Polygon([(100, 120), (900, 80), (960, 700), (300, 980), (60, 600)])
+    anns = _anns((lesion, "Tumor"))
+    r = agreement(tv, anns, positive_classes=["Tumor"])
+    assert r.annotated_area_tiled == pytest.approx(1.0, abs=1e-9)
+    cov = tile_coverage(coords, 257, anns)
+    assert float(cov.sum()) * 257**2 / lesion.area > 1.002  # what the plain sum says
+    # half of the lesion outside the tiles: the fraction inside, once
+    half = _anns((shapely.box(500, 500, 1500, 900), "Tumor"))
+    edge = int(coords[:, 0].max()) + 257  # the last tile's right edge: 1027 px
+    r = agreement(tv, half, positive_classes=["Tumor"])
+    assert r.annotated_area_tiled == pytest.approx((edge - 500) / 1000, rel=1e-9)

@@ -99,8 +99,9 @@ def check_checkpoint(checkpoint: PathLike):
     return checkpoint_card(path)  # embedded, or the card / torchmil JSON beside it
 
 
-def _check_model_inputs(card, settings: dict[str, Any]) -> None:
-    """The extractor builds and fits the model card; the card's patches are not absurd."""
+def _check_model_inputs(card, settings: dict[str, Any], slides: Sequence[Path] = ()) -> None:
+    """The extractor builds and fits the model card; the card's patches are not absurd;
+    pre-extracted features are not all at another scale than the card's."""
     from ..features.registry import create_extractor
     from ..inference.run import check_card_scales
     from ..models.checkpoint import check_features
@@ -108,7 +109,14 @@ def _check_model_inputs(card, settings: dict[str, Any]) -> None:
     if card is None:
         return
     check_card_scales(card)
-    if settings.get("features"):  # pre-extracted features are checked per slide
+    if settings.get("features"):  # pre-extracted features are checked per slide …
+        if card.scales:  # … after a header-only look that some of them can fit at all
+            from ..features.match import check_source_scale
+
+            features = settings["features"]
+            source = features.get("source") if isinstance(features, dict) else features
+            if source:
+                check_source_scale(source, [Path(s).stem for s in slides], card.scales[0])
         return
     ref = settings.get("extractor") or (card.extractor.name if card.extractor else None)
     if ref is None:
@@ -232,7 +240,7 @@ def run_cohort(slides: Sequence[PathLike], checkpoint: PathLike, out_dir: PathLi
     card = check_checkpoint(checkpoint)
     checkpoint = checkpoint.resolve()
     recipe = make_recipe(checkpoint, settings, card)  # validates the settings too
-    _check_model_inputs(card, settings)
+    _check_model_inputs(card, settings, slides)
     if client is None and scheduler is None:
         _check_device(str(settings.get("device", "auto")), None)
     out = Path(out_dir).expanduser().resolve()

@@ -19,8 +19,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("result", type=Path, help="saved result (.npz written by an analysis)")
     p.add_argument("--slide", "-s", type=Path, required=True, help="the slide the result is of")
-    p.add_argument("--mpp", type=float, default=None,
-                   help="pixel size (µm/px) when the slide does not record it")
+    p.add_argument("--slide-mpp", "--mpp", dest="slide_mpp", type=float, default=None,
+                   help="the slide's pixel size (µm/px) when it does not record it, as in "
+                        "compare and export (--mpp is the same option)")
     p.add_argument("--annotations", "-a", type=Path, default=None,
                    help="QuPath GeoJSON or ASAP XML: adds the agreement table and curves")
     p.add_argument("--marks", type=Path, default=None,
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         positive_classes=tuple(args.positive) if args.positive else None,
         threshold=args.threshold, top_k=args.top_k, min_coverage=args.min_coverage,
         gallery_k=args.gallery)
-    with open_slide(args.slide, mpp=args.mpp) as slide:
+    with open_slide(args.slide, mpp=args.slide_mpp) as slide:
         report = build_report(result, slide, annotations=anns, reviews=reviews, settings=settings,
                               result_path=args.result,
                               annotations_source=args.annotations.name if anns else "",

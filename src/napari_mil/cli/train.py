@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from pathlib import Path
 
-from ..errors import ConfigError
+from ..errors import ConfigError, NapariMilError
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +90,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--scheme-kwargs", type=_json_arg, default={}, help="JSON object, e.g. '{\"beta\": 0.01}'"
     )
     p.add_argument(
-        "--extractor", default=None, help="patch embedder the features came from (for the card)"
-    )
+        "--extractor", default=None,
+        help="patch embedder the features came from (for the card): a registered name or the "
+             "extractor file given to extract (its card's name and hash are recorded)")
     p.add_argument("--scales", nargs="+", default=["20x"], help="magnification(s) of the features")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -99,7 +101,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _dataset(args: argparse.Namespace):
-    from pathlib import Path
 
     from ..training.datasets import BagDataset
     from ..training.tables import TABLE_SUFFIXES, is_instance_table
@@ -146,6 +147,81 @@ def _dataset(args: argparse.Namespace):
     return ds, False
 
 
+def _extractor_ref(value: str | None):
+    """The card entry for ``--extractor``: a registered name as given; an extractor file as
+    its card's name and hash, which is what inference compares the features' extractor with
+    (the path itself names no registered extractor)."""
+    if value is None or not Path(value).expanduser().is_file():
+        return value
+    from ..features.registry import create_extractor
+    from ..models.card import ExtractorRef
+
+    ref = ExtractorRef.coerce(create_extractor(value, device="cpu").card)
+    return ref.to_dict()
+
+
+def _recorded_extractor(files) -> dict | None:
+    """The extractor the feature files record (napari-mil's card, else TRIDENT's encoder
+    name) as ``{name, card_hash}``; ``None`` when none records one. Files made by different
+    extractors are a ConfigError: one model is trained on one kind of features."""
+    import json
+
+    import h5py
+
+    from ..features.card import ExtractorCard
+
+    found: dict[tuple[str, str | None], str] = {}
+    for path in files:
+        try:
+            with h5py.File(path, "r") as fh:
+                attrs = dict(fh["features"].attrs)
+        except (OSError, KeyError):
+            continue  # unreadable files are reported when the bags are read
+        ref = None
+        raw = attrs.get("napari_mil_extractor")
+        if raw:
+            try:
+                card = ExtractorCard.from_dict(json.loads(raw))
+                ref = (card.name, card.hash)
+            except (TypeError, ValueError, KeyError, NapariMilError):
+                ref = None
+        name = attrs.get("encoder")
+        if ref is None and name:
+            ref = (str(name.decode() if isinstance(name, bytes) else name), None)
+        if ref is not None:
+            found.setdefault(ref, Path(path).name)
+    names = {n.strip().lower() for n, _h in found}
+    if len(names) > 1 or len({h for _n, h in found if h}) > 1:
+        listed = ", ".join(f"{f} ({n})" for (n, _h), f in list(found.items())[:4])
+        raise ConfigError(f"The feature files come from different extractors ({listed}): "
+                          "train on features of one extractor.")
+    if not found:
+        return None
+    name = next(iter(found))[0]
+    hashes = {h for _n, h in found if h}
+    return {"name": name, "card_hash": hashes.pop() if hashes else None}
+
+
+def _card_extractor(given: str | None, files) -> str | dict | None:
+    """What the model card records as its extractor: ``--extractor`` checked against what
+    the feature files record, or the files' own when ``--extractor`` is not given."""
+    recorded = _recorded_extractor(files) if files else None
+    ref = _extractor_ref(given)
+    if recorded is None:
+        return ref
+    if ref is None:
+        return recorded
+    name = ref["name"] if isinstance(ref, dict) else ref
+    card_hash = ref.get("card_hash") if isinstance(ref, dict) else None
+    if name.strip().lower() != recorded["name"].strip().lower() or (
+            card_hash and recorded["card_hash"] and card_hash != recorded["card_hash"]):
+        raise ConfigError(
+            f"--extractor {given} is {name!r} but the feature files were made by "
+            f"{recorded['name']!r}: give the extractor the features came from, or leave "
+            "--extractor out to record theirs.")
+    return ref if card_hash else recorded  # the files' entry carries their card hash
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -172,7 +248,7 @@ def run(args: argparse.Namespace) -> int:
             max_instances=args.max_instances,
             scheme=args.scheme,
             scheme_kwargs=args.scheme_kwargs,
-            extractor=args.extractor,
+            extractor=_card_extractor(args.extractor, getattr(ds, "files", None)),
             scales=tuple(args.scales),
         )
     except TypeError as exc:  # pragma: no cover - argparse types guard this

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .._types import PathLike
-from ..config import ScaleSpec
+from ..config import ScaleSpec, scale_name
 from ..errors import FeatureError
 from ..io.feature_set import FeatureSet, check_against_slide
 
@@ -180,6 +180,52 @@ def _file_magnification(path: Path) -> float | None:
             return float(np.asarray(mag).reshape(-1)[0]) if mag is not None else None
     except (OSError, KeyError, TypeError, ValueError, IndexError):
         return None
+
+
+def _file_scale(path: Path) -> tuple[float, int] | None:
+    """(target magnification, patch size) from a TRIDENT file's coords attributes, without
+    reading the arrays; ``None`` when the file does not record them (CLAM files)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as fh:
+            attrs = fh["coords"].attrs
+            mag, patch = attrs.get("target_magnification"), attrs.get("patch_size")
+            if mag is None or patch is None:
+                return None
+            return (float(np.asarray(mag).reshape(-1)[0]),
+                    int(round(float(np.asarray(patch).reshape(-1)[0]))))
+    except (OSError, KeyError, TypeError, ValueError, IndexError):
+        return None
+
+
+def check_source_scale(source: PathLike, slide_names: Sequence[str], scale: ScaleSpec) -> None:
+    """Before any slide is analysed: refuse (:class:`FeatureError`) a feature source none of
+    whose files for ``slide_names`` is at the model's ``scale`` (magnification and patch size),
+    reading only the files' attributes. Files that are missing, unreadable or do not record
+    their scale (CLAM) are left to the per-slide checks, as is a source where some fit."""
+    checked, wrong = 0, []
+    for name in slide_names:
+        try:
+            path = find_feature_file(source, name, scale)
+        except FeatureError:
+            continue
+        got = _file_scale(path)
+        if got is None:
+            continue
+        checked += 1
+        mag, patch = got
+        if (abs(mag - scale.magnification) > SCALE_TOLERANCE * scale.magnification
+                or patch != int(scale.patch_size_px)):
+            wrong.append((path, mag, patch))
+    if checked and len(wrong) == checked:
+        path, mag, patch = wrong[0]
+        raise FeatureError(
+            f"None of the {checked} feature file(s) under {source} is at the model's scale "
+            f"{scale.name} ({scale.mpp:.4g} µm/px, {scale.patch_size_px} px patches): "
+            f"{path.name} holds {scale_name(mag)} features of {patch} px patches. Extract "
+            f"features with napari-mil extract --magnifications {scale.name} --patch-size "
+            f"{scale.patch_size_px}, or use a model trained on these features.")
 
 
 def find_feature_file(source: PathLike, slide_name: str,

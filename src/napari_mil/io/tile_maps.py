@@ -63,7 +63,8 @@ def check_same_slide(slide, *, name: str | None, content_hash: str | None, mpp: 
             f"{slide.name!r} is opened at {float(slide_mpp):.6g} µm/px (from "
             f"{getattr(slide, 'mpp_source', None) or 'its metadata'}): tile positions and "
             "sizes would not match. "
-            "Open the slide with the pixel size the analysis used (--slide-mpp / mpp=...), or "
+            f"Open the slide with the pixel size the analysis used (--slide-mpp "
+            f"{float(mpp):.6g} on the command line, mpp={float(mpp):.6g} in Python), or "
             "analyse it again.")
 
 

@@ -222,8 +222,24 @@ def _provenance(result, slide, result_path) -> dict:
         "model_card": dict(result.model_card),
         "extractor_card": dict(result.extractor_card),
         "settings": dict(result.settings),
+        "run": _run_recipe(result),
         "software": {"napari_mil": __version__},
     }
+
+
+def _run_recipe(result) -> dict:
+    """What ``infer`` recorded as having made the result: the checkpoint (file name and
+    whole-content hash) and the extractor; ``{}`` for a result saved without it."""
+    recipe = dict((result.provenance or {}).get("recipe") or {})
+    ckpt = dict(recipe.get("checkpoint") or {})
+    ext = dict(recipe.get("extractor") or {})
+    out = {}
+    if ckpt:
+        out["checkpoint"] = {"file": Path(str(ckpt.get("path") or "")).name,
+                             "sha": ckpt.get("sha"), "algorithm": ckpt.get("algorithm")}
+    if ext:
+        out["extractor"] = {"ref": ext.get("ref"), "sha": ext.get("sha")}
+    return out
 
 
 def build_report(result, slide, *, annotations=None, reviews: Mapping[str, str] | None = None,

@@ -86,7 +86,7 @@ def curves_png(curves: Sequence[tuple[str, np.ndarray, np.ndarray, float]], *, k
     ax.set_xlim(-0.02, 1.02)
     ax.set_ylim(-0.02, 1.02)
     ax.tick_params(labelsize=7)
-    if ax.lines:
+    if any(not line.get_label().startswith("_") for line in ax.lines):  # not the diagonal alone
         ax.legend(fontsize=6, loc="lower right" if kind == "roc" else "lower left")
     return _png(fig)
 

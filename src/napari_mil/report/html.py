@@ -126,6 +126,13 @@ def _agreement(r: ReviewReport) -> str:
             + _table(head, rows, left=3) + f'<div class="curves">{curves}</div></section>')
 
 
+def _checkpoint_text(run: dict) -> str:
+    ckpt = run.get("checkpoint") or {}
+    if not ckpt:
+        return "— (not recorded with the result)"
+    return f"{ckpt.get('file') or '?'} (content hash {str(ckpt.get('sha') or '?')})"
+
+
 def _provenance(r: ReviewReport) -> str:
     p = r.provenance
     sl, res = p["slide"], p["result"]
@@ -140,6 +147,7 @@ def _provenance(r: ReviewReport) -> str:
         ["complete", "yes" if res["complete"] else "no (partial result)"],
         ["damaged slide tiles", str(res["damaged_tiles"])],
         ["model", str(card.get("architecture", "—"))],
+        ["checkpoint", _checkpoint_text(p.get("run") or {})],
         ["extractor", str(ext.get("name", "—") if isinstance(ext, dict) else ext)],
         ["result written by", f"napari-mil {res['written_by']}" if res["written_by"] else "—"],
         ["report written by", f"napari-mil {p['software']['napari_mil']}"],

@@ -344,6 +344,7 @@ class BagDataset(torch.utils.data.Dataset):
                 labels.append(lab)
         ds = cls(items, labels, table.class_names)
         ds.missing = missing
+        ds.files = [item.path for item in items]  # the feature files read, in bag order
         ds.source = {"kind": "h5_folder", "path": folder.name, "labels": Path(labels_csv).name}
         return ds
 

@@ -73,7 +73,7 @@ class TrainConfig:
     scheme: str | None = None  # None: the model's default scheme
     scheme_kwargs: Mapping[str, Any] = field(default_factory=dict)
     grad_clip: float | None = 5.0
-    extractor: str | None = None  # recorded in the model card
+    extractor: str | dict | None = None  # recorded in the model card (name, or {name, card_hash})
     scales: Sequence[str] = ("20x",)  # recorded in the card when the model has no 'scales'
     patch_size_px: int = 256
 
