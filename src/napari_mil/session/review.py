@@ -29,7 +29,14 @@ from typing import Any
 import numpy as np
 from psygnal import Signal
 
-from ..errors import AnnotationError, ConfigError, ModelError, ResultError, SlideError
+from ..errors import (
+    AnnotationError,
+    ConfigError,
+    ModelError,
+    NapariMilError,
+    ResultError,
+    SlideError,
+)
 from .entries import AgreementRow, ModelEntry, ResultKey, SlideEntry, WhatIf, unique_name
 
 __all__ = ["ReviewSession"]
@@ -46,6 +53,7 @@ class ReviewSession:
     active_slide_changed = Signal(object)  # slide id or None
     model_added = Signal(object)  # ModelEntry
     model_removed = Signal(str)  # model id
+    active_model_changed = Signal(object)  # model id or None
     result_added = Signal(object, object)  # ResultKey, SlideResult (also when replaced)
     result_removed = Signal(object)  # ResultKey
     annotations_changed = Signal(str)  # slide id
@@ -63,6 +71,7 @@ class ReviewSession:
         self.marks: dict[ResultKey, dict[str, str]] = {}  # "scale:index" -> agree|disagree
         self.whatifs: dict[ResultKey, WhatIf] = {}
         self.active_slide: str | None = None
+        self.active_model: str | None = None  # the model the next run uses
         self.threshold = 0.5
         self.top_k = 10
         #: what a viewer showed (camera, visible layers); kept as given by the view, saved as is
@@ -142,8 +151,9 @@ class ReviewSession:
         """The entry of ``ref`` (an entry or its id); the only model when None and there is one."""
         if isinstance(ref, ModelEntry):
             ref = ref.id
-        if ref is None and len(self.models) == 1:
-            ref = next(iter(self.models))
+        if ref is None:
+            ref = self.active_model if self.active_model else (
+                next(iter(self.models)) if len(self.models) == 1 else None)
         if ref is None or ref not in self.models:
             loaded = ", ".join(map(repr, self.models)) or "none"
             raise ModelError(f"No model {ref!r} in this review (loaded: {loaded}); "
@@ -169,7 +179,15 @@ class ReviewSession:
         entry = ModelEntry(mid, path, model.card, model)
         self.models[mid] = entry
         self.model_added.emit(entry)
+        self.set_active_model(entry)
         return entry
+
+    def set_active_model(self, ref: ModelRef | None) -> None:
+        """The model the next run uses (the last one loaded, unless chosen)."""
+        mid = None if ref is None else self.model(ref).id
+        if mid != self.active_model:
+            self.active_model = mid
+            self.active_model_changed.emit(mid)
 
     def ensure_model(self, ref: ModelRef | None = None):
         """The entry's model, loaded from its checkpoint now if the session was restored."""
@@ -189,6 +207,8 @@ class ReviewSession:
         for key in [k for k in self.results if k.model == entry.id]:
             self.remove_result(key)
         del self.models[entry.id]
+        if self.active_model == entry.id:
+            self.set_active_model(next(reversed(self.models), None))
         self.model_removed.emit(entry.id)
 
     # ------------------------------------------------------------------ running
@@ -220,9 +240,12 @@ class ReviewSession:
         return ResultKey(self.slide(slide).id, self.model(model).id)
 
     def add_result(self, slide: SlideRef | None, model: ModelRef | None, result) -> ResultKey:
-        """Store ``result`` as (slide, model)'s, replacing an earlier one; checks the slide."""
+        """Store ``result`` as (slide, model)'s, replacing an earlier one; checks the slide.
+        Without a model loaded, the result's own card names one (not runnable)."""
         s_entry = self.slide(slide)
         result.check_slide(s_entry.slide)
+        if model is None and self.active_model is None and len(self.models) != 1:
+            model = self._model_for_card(result.model_card)
         key = ResultKey(s_entry.id, self.model(model).id)
         self.results[key] = result
         self.marks[key] = dict(result.reviews)
@@ -240,20 +263,26 @@ class ReviewSession:
         s_entry = self.slide(slide)
         result.check_slide(s_entry.slide)
         if model is None:
-            model = self._model_for_card(result.model_card, Path(path))
+            model = self._model_for_card(result.model_card)
         return self.add_result(s_entry, model, result)
 
-    def _model_for_card(self, card_dict, source: Path) -> ModelEntry:
+    def _model_for_card(self, card_dict) -> ModelEntry:
         from ..models.card import ModelCard
 
         for entry in self.models.values():
-            if entry.card.to_dict() == dict(card_dict):
+            if entry.card is not None and entry.card.to_dict() == dict(card_dict):
                 return entry
-        card = ModelCard.from_dict(card_dict)
-        mid = unique_name(str(card.architecture), None, self.models)
+        try:
+            card = ModelCard.from_dict(card_dict)
+        except (NapariMilError, KeyError, TypeError, ValueError):
+            card = None  # a result without a full card (older files, tests): shown, not runnable
+        mid = unique_name(str(card.architecture) if card is not None else "result", None,
+                          self.models)
         entry = ModelEntry(mid, None, card, None)
         self.models[mid] = entry
         self.model_added.emit(entry)
+        if self.active_model is None:
+            self.set_active_model(entry)
         return entry
 
     def remove_result(self, key: ResultKey) -> None:
@@ -489,14 +518,24 @@ class ReviewSession:
     def load(cls, path: str | Path) -> ReviewSession:
         """Restore a session file: slides, results, annotations, marks, what-if and view,
         without recomputing (models are read when first used)."""
+        return cls().restore(path)
+
+    def restore(self, path: str | Path) -> ReviewSession:
+        """:meth:`load` into this session (emptied first), so its observers follow."""
         from .store import load_session
 
-        return load_session(path, cls())
+        self.close()
+        return load_session(path, self)
 
     def close(self) -> None:
-        """Close every slide (the session is empty afterwards)."""
+        """Close every slide and forget every model: the session is empty afterwards."""
         for sid in list(self.slides):
             self.close_slide(sid)
+        for mid in list(self.models):
+            self.remove_model(mid)
+        self.view = {}
+        self.whatifs.clear()
+        self.marks.clear()
 
 
 def _primary_maps(result) -> dict:

@@ -69,6 +69,7 @@ def save_session(session: ReviewSession, path: str | Path, *, overwrite: bool = 
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "slides": [], "models": [], "results": [], "annotations": [],
         "active_slide": session.active_slide,
+        "active_model": session.active_model,
         "review": {"threshold": session.threshold, "top_k": session.top_k,
                    "positive_classes": {k: list(v) for k, v in session.positive_classes.items()}},
         "view": session.view,
@@ -77,7 +78,8 @@ def save_session(session: ReviewSession, path: str | Path, *, overwrite: bool = 
         doc["slides"].append({"id": s.id, "path": _rel(s.path, base), "mpp": s.mpp_override,
                               "content_hash": s.content_hash})
     for m in session.models.values():
-        doc["models"].append({"id": m.id, "path": _rel(m.path, base), "card": m.card.to_dict()})
+        doc["models"].append({"id": m.id, "path": _rel(m.path, base),
+                              "card": m.card.to_dict() if m.card is not None else None})
     with atomic_path(folder, overwrite=overwrite, is_dir=True) as tmp:
         for i, (key, result) in enumerate(session.results.items()):
             name = f"{i:02d}-{_safe(key.slide)}--{_safe(key.model)}.result.npz"
@@ -134,7 +136,8 @@ def load_session(path: str | Path, session: ReviewSession) -> ReviewSession:
                                  "content changed); re-open and re-run it instead.")
             session.add_slide(slide, mpp_override=s.get("mpp"), name=s["id"])
         for m in doc["models"]:
-            entry = ModelEntry(m["id"], _abs(m["path"], base), ModelCard.from_dict(m["card"]))
+            card = ModelCard.from_dict(m["card"]) if m.get("card") else None
+            entry = ModelEntry(m["id"], _abs(m["path"], base), card)
             session.models[entry.id] = entry
             session.model_added.emit(entry)
         for a in doc["annotations"]:
@@ -154,6 +157,8 @@ def load_session(path: str | Path, session: ReviewSession) -> ReviewSession:
                 session.whatifs[key] = WhatIf.from_dict(r["whatif"])
                 session.whatif_changed.emit(key)
         session.view = dict(doc.get("view") or {})
+        if doc.get("active_model") in session.models:
+            session.set_active_model(doc["active_model"])
         if doc.get("active_slide") in session.slides:
             session.set_active_slide(doc["active_slide"])
     except NapariMilError:
