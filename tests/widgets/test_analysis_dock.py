@@ -83,7 +83,7 @@ def test_cancel_mid_run_leaves_no_worker_and_no_half_layer(dock_setup, qtbot) ->
     log: list[str] = []
     dock.run_fn = fake_run(result, steps=200, delay_s=0.05, log=log)
     names_before = [lyr.name for lyr in viewer.layers]
-    layer = viewer.layers["lesion · tiny · instance scores [20x]"]  # added, empty, with the checkpoint
+    layer = viewer.layers["lesion · tiny · instance scores [20x]"]  # empty, with the checkpoint
     assert layer.metadata["placeholder"] and np.isnan(layer.data).all()
     dock.run()
     qtbot.waitUntil(lambda: layer.metadata.get("partial") is True, timeout=10000)
