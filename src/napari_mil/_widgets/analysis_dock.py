@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import QTimer, Signal
+from qtpy.QtCore import Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -28,6 +28,7 @@ from qtpy.QtWidgets import (
     QLabel,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QSpinBox,
     QTabWidget,
     QVBoxLayout,
@@ -46,6 +47,13 @@ from .whatif import WhatIfPanel
 
 __all__ = ["AnalysisDock"]
 
+#: what the outline and tint layers mean (the value layers have the colour bar)
+LEGEND_HTML = ("<span style='color:#00e5ff'>□</span> top-k tiles (rank, value) · "
+               "<span style='color:#ff00ff'>□</span> tiles ZoomMIL zoomed into · "
+               "<span style='color:#2e8b57'>■</span> tissue · "
+               "<span style='color:#ffd700'>□</span> what the model read around a clicked tile · "
+               "difference: <span style='color:#4d9221'>■</span> newer model higher, "
+               "<span style='color:#c51b7d'>■</span> older model higher")
 #: layer kinds the colour bar can describe
 _VALUE_KINDS = ("instance scores", "attention", "difference")
 COLORMAPS = ("inferno", "viridis", "magma", "plasma", "turbo", "fire", "red")
@@ -100,10 +108,21 @@ class AnalysisDock(RunControl, QWidget):
                 self.adopt_slide_layer(layer, block=True)
         self._refresh_slides()
         self._on_active_model(self.session.active_model)
+        from .view_app import overlay
+
+        overlay(self.viewer, "scale_bar").visible = True  # µm: every layer carries units
 
     # ------------------------------------------------------------------ UI
     def _build(self) -> None:
-        lay = QVBoxLayout(self)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        scroll = QScrollArea()  # fits a 1366×768 screen: the dock scrolls, nothing is cut off
+        scroll.setWidgetResizable(True)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        body = QWidget()
+        scroll.setWidget(body)
+        outer.addWidget(scroll)
+        lay = QVBoxLayout(body)
         form = QFormLayout()
         self.slide_combo = QComboBox()
         form.addRow("Slide", self.slide_combo)
@@ -173,6 +192,9 @@ class AnalysisDock(RunControl, QWidget):
         dl.addRow("Colormap", self.cmap_combo)
         self.colorbar = ColorBar()
         dl.addRow(self.colorbar)
+        self.legend = QLabel(LEGEND_HTML)
+        self.legend.setWordWrap(True)
+        dl.addRow(self.legend)
         lay.addWidget(disp)
 
         self.tabs = QTabWidget()
@@ -197,6 +219,7 @@ class AnalysisDock(RunControl, QWidget):
         self.model_combo.currentTextChanged.connect(self._model_chosen)
         self.norm_combo.currentTextChanged.connect(lambda _t: self.redraw_layers())
         self.cmap_combo.currentTextChanged.connect(lambda _t: self.redraw_layers())
+        self.gallery.k_spin.valueChanged.connect(lambda _v: self.redraw_layers())
         self.viewer.layers.events.inserted.connect(self._on_layer_inserted)
         self.viewer.layers.events.removed.connect(self._on_layer_removed)
         self.viewer.layers.selection.events.active.connect(lambda _e: self._update_colorbar())
@@ -274,6 +297,7 @@ class AnalysisDock(RunControl, QWidget):
     def _on_layer_inserted(self, event) -> None:
         """A slide from File ▸ Open joins the session (opened in a worker: no freeze)."""
         layer = event.value
+        layer.events.visible.connect(self._colorbar_soon)
         if self._closed or slide_of(layer) is not None or not self._is_slide_layer(layer):
             return
         self.adopt_slide_layer(layer)
@@ -512,6 +536,9 @@ class AnalysisDock(RunControl, QWidget):
                 return layer
         return None
 
+    def _colorbar_soon(self, *_args) -> None:
+        QTimer.singleShot(0, self._update_colorbar)
+
     def _update_colorbar(self) -> None:
         layer = self.colorbar_layer()
         if layer is None:
@@ -584,7 +611,39 @@ class AnalysisDock(RunControl, QWidget):
         if xy is None:
             return {}
         self.tabs.setCurrentWidget(self.evidence)
-        return self.evidence.show_point(self.result, self._lookup, self.current_slide(), *xy)
+        tiles = self.evidence.show_point(self.result, self._lookup, self.current_slide(), *xy)
+        self._show_windows()
+        return tiles
+
+    def _show_windows(self) -> None:
+        """Outline what the model read at each scale around the clicked tile (the concentric
+        context windows of CS-MIL, the tile at each magnification otherwise)."""
+        from ..layers import _rectangles_rc
+        from ..session import layer_name
+        from .layer_sync import upsert_layer
+
+        s = self.session
+        windows = self.evidence.windows
+        if not windows or s.active_slide is None or s.active_model is None:
+            return
+        mpp = self.result.slide_mpp
+        names = list(windows)
+        rects = [_rectangles_rc(np.asarray([xy], float), size)[0]
+                 for xy, size in windows.values()]
+        kwargs = {
+            "name": layer_name(s.active_slide, s.active_model, "evidence windows"),
+            "shape_type": "rectangle", "scale": (mpp, mpp), "units": ("um", "um"),
+            "edge_color": "yellow", "face_color": "transparent", "edge_width": 3,
+            "features": {"scale": np.asarray(names)},
+            "text": {"string": "{scale}", "size": 9, "color": "yellow", "anchor": "upper_left"},
+            "metadata": {"napari_mil": True, "kind": "evidence windows",
+                         "session_slide": s.active_slide,
+                         "session_key": [s.active_slide, s.active_model],
+                         "meaning": "what the model read at each scale around the clicked tile",
+                         "windows_level0": {k: [list(map(int, xy)), float(sz)]
+                                            for k, (xy, sz) in windows.items()}},
+        }
+        upsert_layer(self.viewer, rects, kwargs, "shapes")
 
     # ------------------------------------------------------------------ files
     def save_result(self, path, *, overwrite: bool = False) -> Path:

@@ -228,6 +228,8 @@ class RunControl:
     def cancel(self) -> None:
         """Stop the run at its next step; its partial values are taken out of the layers."""
         if self.worker is not None:
+            self._progress_timer.stop()  # no late progress (an old ETA) after this
+            self._pending_progress = None
             self.status_label.setText("Cancelling…")
             self.worker.quit()
 

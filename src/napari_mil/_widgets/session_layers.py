@@ -324,5 +324,5 @@ class SessionLayers:
 #: annotation source of shapes taken from the viewer's own layers (not drawn again)
 VIEWER_SHAPES = "viewer shapes"
 #: kinds of a result's layers that live on beside its value layers (not stale on a rerun)
-_KEEP_KINDS = ("tissue", "disagreement", "what-if regions")
+_KEEP_KINDS = ("tissue", "disagreement", "what-if regions", "evidence windows")
 
