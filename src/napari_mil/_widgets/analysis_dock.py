@@ -125,7 +125,11 @@ class AnalysisDock(RunControl, QWidget):
         lay = QVBoxLayout(body)
         form = QFormLayout()
         self.slide_combo = QComboBox()
-        form.addRow("Slide", self.slide_combo)
+        self.open_slide_btn = QPushButton("Open slide…")
+        srow = QHBoxLayout()
+        srow.addWidget(self.slide_combo, 1)
+        srow.addWidget(self.open_slide_btn)
+        form.addRow("Slide", srow)
         ck = QHBoxLayout()
         self.model_combo = QComboBox()
         self.model_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
@@ -209,6 +213,7 @@ class AnalysisDock(RunControl, QWidget):
 
     def _connect(self) -> None:
         self.checkpoint_btn.clicked.connect(self._checkpoint_dialog)
+        self.open_slide_btn.clicked.connect(self._open_slide_dialog)
         self.run_btn.clicked.connect(self.run)
         self.cancel_btn.clicked.connect(self.cancel)
         self.save_btn.clicked.connect(self._save_dialog)
@@ -332,6 +337,39 @@ class AnalysisDock(RunControl, QWidget):
         entry = self.session.add_slide(slide, mpp_override=mpp)
         self.session.set_active_slide(entry)
         return entry
+
+    def _open_slide_dialog(self) -> None:
+        from ..io import SLIDE_SUFFIXES
+
+        pattern = " ".join(f"*{s}" for s in sorted(SLIDE_SUFFIXES))
+        path, _ = QFileDialog.getOpenFileName(self, "Open a slide", "", f"Slides ({pattern})")
+        if path:
+            self.open_slide(path, block=False)
+
+    def open_slide(self, path, *, mpp: float | None = None, block: bool = True):
+        """Open a slide into the session (its layer comes from the session); ``block=False``
+        reads it in a worker, so the viewer never waits for the file."""
+        from ..io.slide import open_slide
+
+        existing = self.session.find_slide(path)
+        if existing is not None:
+            self.session.set_active_slide(existing)
+            return existing
+        if block:
+            try:
+                return self._add_slide(open_slide(path, mpp=mpp), mpp)
+            except NapariMilError as exc:
+                self.notify_error(exc)
+                return None
+        from napari.qt.threading import create_worker
+
+        self.status_label.setText(f"Opening {Path(path).name}…")
+        worker = create_worker(open_slide, path, mpp=mpp, _ignore_errors=True)
+        worker.returned.connect(lambda slide: self._add_slide(slide, mpp))
+        worker.errored.connect(self.notify_error)
+        self._open_worker = worker
+        worker.start()
+        return None
 
     def _on_layer_removed(self, event) -> None:
         """Deleting a slide's image layer closes the slide in the session (not during a run)."""
