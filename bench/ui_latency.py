@@ -315,7 +315,7 @@ def review_round(slide_path: Path, truth: Path, ckpts: list[Path], out: Path) ->
     viewer = napari.Viewer(show=True)
     analysis, anns = AnalysisDock(viewer), AnnotationsDock(viewer)
     viewer.window.add_dock_widget(analysis, name="MIL analysis")
-    viewer.window.add_dock_widget(anns, name="Annotations & agreement", tabify=True)
+    viewer.window.add_dock_widget(anns, name="Annotations and agreement", tabify=True)
     analysis.settings_overrides = {"device": "cpu", "use_cache": False}
     s = analysis.session
     res: dict[str, dict] = {}

@@ -46,7 +46,7 @@ def shoot(size: tuple[int, int], slide: Path, truth: Path, out: Path) -> list[Pa
     _raise_dock(viewer, "MIL analysis")
     settle(viewer, 40)
     written.append(save_screenshot(viewer, out / f"{tag}-01-after-run.png"))
-    _raise_dock(viewer, "Annotations & agreement")
+    _raise_dock(viewer, "Annotations and agreement")
     anns.tabs.setCurrentIndex(1)
     anns.compute()
     settle(viewer, 40)
@@ -61,10 +61,16 @@ def shoot(size: tuple[int, int], slide: Path, truth: Path, out: Path) -> list[Pa
     i = int(np.nanargmax(sm.attention))
     x, y = sm.coords_xy[i] + sm.tile_size_level0 / 2
     mpp = result.slide_mpp
-    viewer.camera.center = (y * mpp, x * mpp)
-    viewer.camera.zoom = min(size) / (2600 * mpp)
     _raise_dock(viewer, "MIL analysis")
     analysis.click_at(np.array([y - 0.5, x - 0.5]) * mpp)
+    coarsest = max(size_px for _xy, size_px in analysis.evidence.windows.values())
+    viewer.camera.center = (y * mpp, x * mpp)
+    viewer.camera.zoom = min(viewer._canvas_size) / (1.3 * coarsest * mpp)  # every window shows
+    from qtpy.QtWidgets import QScrollArea
+
+    scroll = analysis.findChild(QScrollArea)
+    scroll.ensureWidgetVisible(analysis.tabs, 0, 0)
+    scroll.verticalScrollBar().setValue(scroll.verticalScrollBar().maximum())
     settle(viewer, 60)
     written.append(save_screenshot(viewer, out / f"{tag}-03-csmil-evidence.png"))
     viewer.close()

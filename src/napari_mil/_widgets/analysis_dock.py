@@ -40,7 +40,7 @@ from ..inference.normalize import NORMALISATION_MEANING, Normalisation
 from .display import ColorBar, ProbabilityView, card_html, slide_path_of
 from .evidence import EvidencePanel, TileLookup, hover_text, world_to_level0
 from .gallery import GalleryPanel
-from .layer_sync import is_layer_type
+from .layer_sync import freeze_long_lived, is_layer_type
 from .run_control import RunControl, warm_extractor
 from .session_layers import SessionLayers, connect_all, slide_of
 from .whatif import WhatIfPanel
@@ -507,6 +507,7 @@ class AnalysisDock(RunControl, QWidget):
             return
         entry = self.session.add_model(model, path)
         self._extractor, self._extractor_of = extractor, entry.id
+        freeze_long_lived()  # the model and torch stay: no later gc.collect walks them again
         self.session.set_active_model(entry)
         self.status_label.setText(f"Loaded {Path(path).name} as {entry.id}.")
 

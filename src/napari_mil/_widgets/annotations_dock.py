@@ -511,7 +511,10 @@ class AnnotationsDock(QWidget):
             from napari.utils.colormaps import DirectLabelColormap
 
             kwargs["colormap"] = DirectLabelColormap(color_dict=DISAGREEMENT_COLORS)
+            selected = self.viewer.layers.selection.active
             self.viewer.add_labels(labels, **kwargs)
+            if selected is not None and selected in self.viewer.layers:
+                self.viewer.layers.selection.active = selected  # the user's choice stays
         else:
             write_layer(self.viewer, labels, kwargs, "labels")
 
