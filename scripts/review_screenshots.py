@@ -65,7 +65,7 @@ def shoot(size: tuple[int, int], slide: Path, truth: Path, out: Path) -> list[Pa
     analysis.click_at(np.array([y - 0.5, x - 0.5]) * mpp)
     coarsest = max(size_px for _xy, size_px in analysis.evidence.windows.values())
     viewer.camera.center = (y * mpp, x * mpp)
-    viewer.camera.zoom = min(viewer._canvas_size) / (1.3 * coarsest * mpp)  # every window shows
+    viewer.camera.zoom = min(viewer.canvas.size) / (1.3 * coarsest * mpp)  # every window shows
     from qtpy.QtWidgets import QScrollArea
 
     scroll = analysis.findChild(QScrollArea)

@@ -460,7 +460,11 @@ class AnnotationsDock(QWidget):
             return
         self.report = row.report
         self.metrics.setText(_format_report(row))
-        self._draw_curves(row.report)
+        curves = (row.label, row.report.classes, row.report.n_tiles, row.report.auroc,
+                  row.report.average_precision)
+        if curves != getattr(self, "_curves_key", None):  # ROC/PR do not depend on the threshold
+            self._curves_key = curves
+            self._draw_curves(row.report)
         self._update_disagreement(row)
 
     def _draw_curves(self, rep: AgreementReport) -> None:
