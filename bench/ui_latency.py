@@ -324,7 +324,8 @@ def review_round(slide_path: Path, truth: Path, ckpts: list[Path], out: Path) ->
     for i, ckpt in enumerate(ckpts):
         n = len(s.models)
         r = _measure(lambda c=ckpt: analysis.load_checkpoint(c, block=False),
-                     lambda n=n: len(s.models) > n and analysis.checkpoint_btn.isEnabled())
+                     lambda n=n: len(s.models) > n and analysis.checkpoint_btn.isEnabled()
+                     and not analysis.is_busy)
         res.setdefault("load_checkpoint", r if i == 0 else res["load_checkpoint"])
         r = _measure(analysis.run, lambda: not analysis.is_busy)
         if analysis.last_error:

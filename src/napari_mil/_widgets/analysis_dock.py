@@ -80,6 +80,7 @@ class AnalysisDock(RunControl, QWidget):
         self.last_error: str | None = None
         self.progress_log: list[Any] = []
         self.run_warnings: list[str] = []  # warnings raised in the last run (damaged tiles, …)
+        self._staged_prepare = False
         self._adopting: set[str] = set()  # slide files being opened for layers from File ▸ Open
         self._run_layers: set[str] = set()
         self._run_id = 0
@@ -447,7 +448,10 @@ class AnalysisDock(RunControl, QWidget):
             self.cancel()
             self._prepare_after_run = True
         elif entry is not None and not self.is_busy:
-            self.prepare_layers()
+            if self._staged_prepare:
+                self.prepare_layers_staged()
+            else:
+                self.prepare_layers()
         self._sync_result()
 
     def _on_session_result(self, *_args) -> None:
@@ -486,7 +490,8 @@ class AnalysisDock(RunControl, QWidget):
             self.checkpoint_btn.setEnabled(False)
             worker = create_worker(_load_and_warm, path, self.device_combo.currentText(),
                                    _ignore_errors=True)
-            worker.returned.connect(lambda out: self._add_model(out[0], path, out[1]))
+            worker.returned.connect(lambda out: self._add_model(out[0], path, out[1],
+                                                                staged=True))
             worker.errored.connect(self.notify_error)
             worker.finished.connect(lambda: self.checkpoint_btn.setEnabled(True))
             self._load_worker = worker
@@ -502,13 +507,19 @@ class AnalysisDock(RunControl, QWidget):
         self._add_model(model, path, extractor)
         return True
 
-    def _add_model(self, model, path, extractor) -> None:
+    def _add_model(self, model, path, extractor, *, staged: bool = False) -> None:
+        """The loaded model into the session; ``staged``: its empty layers are added one per
+        event-loop turn (the button's path), else at once (scripts)."""
         if self._closed:
             return
-        entry = self.session.add_model(model, path)
-        self._extractor, self._extractor_of = extractor, entry.id
-        freeze_long_lived()  # the model and torch stay: no later gc.collect walks them again
-        self.session.set_active_model(entry)
+        self._staged_prepare = staged
+        try:
+            entry = self.session.add_model(model, path)
+            self._extractor, self._extractor_of = extractor, entry.id
+            freeze_long_lived()  # the model and torch stay: no later gc.collect walks them
+            self.session.set_active_model(entry)
+        finally:
+            self._staged_prepare = False
         self.status_label.setText(f"Loaded {Path(path).name} as {entry.id}.")
 
     def notify_error(self, exc: BaseException | str) -> None:

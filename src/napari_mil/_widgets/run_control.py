@@ -107,6 +107,21 @@ class RunControl:
         remove_layers(self.viewer, stale)
         return add_missing_layers(self.viewer, tuples)
 
+    def prepare_layers_staged(self) -> None:
+        """:meth:`prepare_layers`, one layer per event-loop turn: creating layers is what
+        stalls napari, so the viewer paints and takes input between two of them."""
+        try:
+            tuples = self.placeholder_tuples()
+        except NapariMilError:
+            return
+        names = {kw["name"] for _d, kw, _k in tuples}
+        stale = [lyr.name for lyr in self.viewer.layers
+                 if is_placeholder(lyr) and lyr.name not in names]
+        if stale:
+            self._stage(lambda: remove_layers(self.viewer, stale))
+        for t in tuples:
+            self._stage(lambda t=t: add_missing_layers(self.viewer, [t]))
+
     # ------------------------------------------------------------------ running
     @property
     def is_running(self) -> bool:
