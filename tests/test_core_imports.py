@@ -19,6 +19,7 @@ CORE = [
     "napari_mil.io",
     "napari_mil.io.slide",
     "napari_mil.io.tiff_writer",
+    "napari_mil.session",
     "napari_mil.cli.main",
 ]
 

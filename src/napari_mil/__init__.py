@@ -35,6 +35,7 @@ _API = {
     "read_annotations": "napari_mil.io.annotations",
     "write_annotations": "napari_mil.io.annotations",
     "NapariMilError": "napari_mil.errors",
+    "ReviewSession": "napari_mil.session",
 }
 
 __all__ = ["__version__", *_API]

@@ -65,10 +65,10 @@ def test_run_fills_in_progressively_and_ends_with_final_layers(dock_setup, qtbot
     assert [p.done for p in dock.progress_log] == sorted(p.done for p in dock.progress_log)
     assert dock.first_partial_s is not None
     assert dock.result is result
-    layer = viewer.layers["lesion · instance scores [20x]"]
+    layer = viewer.layers["lesion · tiny · instance scores [20x]"]
     assert "partial" not in layer.metadata
     assert layer.metadata["normalisation"] == "raw" and layer.metadata["colormap"] == "inferno"
-    topk = viewer.layers["lesion · top-10 [20x]"]
+    topk = viewer.layers["lesion · tiny · top-10 [20x]"]
     assert len(topk.data) == 10 and not topk.metadata.get("placeholder")
     cyan = np.array([0.0, 1.0, 1.0, 1.0])
     assert np.allclose(topk.edge_color, cyan)  # the empty layer's shapes were transparent
@@ -83,7 +83,7 @@ def test_cancel_mid_run_leaves_no_worker_and_no_half_layer(dock_setup, qtbot) ->
     log: list[str] = []
     dock.run_fn = fake_run(result, steps=200, delay_s=0.05, log=log)
     names_before = [lyr.name for lyr in viewer.layers]
-    layer = viewer.layers["lesion · instance scores [20x]"]  # added, empty, with the checkpoint
+    layer = viewer.layers["lesion · tiny · instance scores [20x]"]  # empty, with the checkpoint
     assert layer.metadata["placeholder"] and np.isnan(layer.data).all()
     dock.run()
     qtbot.waitUntil(lambda: layer.metadata.get("partial") is True, timeout=10000)
@@ -137,7 +137,7 @@ def test_layers_align_with_the_lesion_and_show_it(dock_setup, qtbot) -> None:
     top = np.argsort(-sm.instance_scores)[: int(truth.sum())]
     assert truth[top].mean() == 1.0  # the highest-scoring tiles are the lesion's tiles
     # the heatmap layer in world µm: the lesion's centre lands on a high value
-    layer = viewer.layers["lesion · instance scores [20x]"]
+    layer = viewer.layers["lesion · tiny · instance scores [20x]"]
     r_mid = (LESION_RC[0].start + LESION_RC[0].stop) / 2
     c_mid = (LESION_RC[1].start + LESION_RC[1].stop) / 2
     world = np.array([r_mid - 0.5, c_mid - 0.5]) * MPP
@@ -190,7 +190,7 @@ def test_normalisation_and_colormap_are_recorded(dock_setup) -> None:
     dock.set_result(analyse(path, image, dock.model))
     dock.norm_combo.setCurrentText("percentile")
     dock.cmap_combo.setCurrentText("viridis")
-    layer = viewer.layers["lesion · instance scores [20x]"]
+    layer = viewer.layers["lesion · tiny · instance scores [20x]"]
     assert layer.metadata["normalisation"] == "percentile"
     assert layer.metadata["colormap"] == "viridis" and layer.colormap.name == "viridis"
     assert tuple(layer.contrast_limits) == (0.0, 1.0)

@@ -87,7 +87,8 @@ def test_run_slide_in_the_dock_finds_the_lesion(make_napari_viewer, trained, qtb
     assert stages[0] == "tissue" and stages[-1] == "done" and "features" in stages
     assert any(p.partial is not None for p in dock.progress_log)
     names = {lyr.name for lyr in viewer.layers}
-    assert {"synth · instance scores [20x]", "synth · tissue", "synth · top-10 [20x]"} <= names
+    assert {"synth · probe · instance scores [20x]", "synth · probe · tissue",
+            "synth · probe · top-10 [20x]"} <= names
     assert not any(lyr.metadata.get("partial") for lyr in viewer.layers)
     # aligned: the high-score tiles are the lesion's tiles
     sm = result.finest_scale
@@ -127,7 +128,7 @@ def test_cancel_a_real_run_stops_its_threads(make_napari_viewer, trained, qtbot)
         return [t.name for t in threading.enumerate() if t.name.startswith(THREAD_NAME_PREFIX)]
 
     dock.run()
-    name = "synth · instance scores [20x]"  # the layer is there (empty) before the run
+    name = "synth · probe · instance scores [20x]"  # the layer is there (empty) before the run
     qtbot.waitUntil(lambda: name in viewer.layers
                     and viewer.layers[name].metadata.get("partial") is True, timeout=60000)
     assert readers()  # the run is reading tiles

@@ -143,8 +143,9 @@ def test_cross_scale_evidence_and_layers(make_napari_viewer, lesion_slide) -> No
                          [0.3, 0.7], {"20x": fine, "5x": coarse},
                          model_card={"scales": [fine.scale.to_dict(), coarse.scale.to_dict()]})
     dock.set_result(result)
-    assert viewer.layers["lesion · attention [5x]"].scale[0] == 256.0  # 512 px × 0.5 µm
-    assert viewer.layers["lesion · attention [20x]"].scale[0] == 64.0
+    assert dock.session.active_model == "result"
+    assert viewer.layers["lesion · result · attention [5x]"].scale[0] == 256.0  # 512 px × 0.5 µm
+    assert viewer.layers["lesion · result · attention [20x]"].scale[0] == 64.0
     x, y = 700, 300  # level-0: fine tile (5, 2), coarse tile (1, 0)
     world = np.array([y - 0.5, x - 0.5]) * 0.5
     text = dock.hover_at(world)

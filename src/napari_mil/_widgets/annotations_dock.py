@@ -1,14 +1,15 @@
-"""Annotations & agreement dock: load annotations, pick positive classes, compare with tile maps.
+"""Annotations & agreement dock: a view of the session's annotations, agreement and exports.
 
-* **Annotations**: load a QuPath GeoJSON / ASAP XML file (read in a worker thread, so large
-  files do not freeze the viewer; "load valid part" reads damaged files leniently and reports
-  what was skipped), or use Shapes layers already in the viewer.
-* **Positive classes**: tick the classes that count as positive (e.g. tumour).
-* **Agreement**: for the chosen tile-map layer (any layer whose metadata holds a
-  :class:`~napari_mil.io.tile_maps.TileValues` under ``"tile_values"``; "Load tile table…" adds
-  one from an ``.npz``/``.json``), AUROC, AP, Dice, IoU, mass inside and top-k hit rate; ROC and
-  PR curves; a threshold slider that updates Dice/IoU and the disagreement layer live (tile
-  coverage is computed once per layer × class set and cached).
+* **Annotations** of the active slide: a QuPath GeoJSON / ASAP XML file read in a worker, or
+  the viewer's own Shapes layers; the positive classes ticked here are the session's.
+* **Agreement**: one row per model and tile map of every result on the active slide (AUROC,
+  AP, Dice, IoU, mass inside, top-k hit rate), recomputed in a worker whenever a run ends, the
+  annotations, the classes, the threshold or k change; the selected row's ROC/PR curves and
+  disagreement layer.
+* **Export**: the selected row's map (tiles GeoJSON/CSV, heatmap, top-k crops), the selected
+  shapes as crops, the annotations — written in a worker, atomically.
+
+The dock keeps no review state: everything it shows comes from the session.
 """
 
 from __future__ import annotations
@@ -18,95 +19,113 @@ import math
 from pathlib import Path
 
 import numpy as np
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
+    QAbstractItemView,
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
-    QGroupBox,
     QHBoxLayout,
+    QHeaderView,
     QLabel,
     QListWidget,
     QListWidgetItem,
     QPushButton,
+    QScrollArea,
     QSlider,
     QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
 
-from ..compare import (
-    NON_LESION_CLASS,
-    AgreementReport,
-    agreement,
-    disagreement_map,
-    load_tile_maps,
-    tile_coverage,
-)
+from ..compare import NON_LESION_CLASS, AgreementReport
 from ..errors import ExportError, NapariMilError
-from ..export import (
-    export_rois,
-    rois_from_annotations,
-    rois_from_top_k,
-    write_heatmap_tiff,
-    write_heatmap_zarr,
-    write_tiles_csv,
-    write_tiles_geojson,
-)
-from ..export.heatmap import rasterize_tile_values
-from ..io.annotations import AnnotationSet, read_annotations, write_annotations
-from ..io.annotations.napari_convert import annotations_from_shapes, annotations_to_layer_data
-from ..io.tile_maps import TileValues
+from ..io.annotations import AnnotationSet
+from .session_layers import VIEWER_SHAPES, SessionLayers, connect_all, disconnect_all, slide_of
 
 log = logging.getLogger(__name__)
 
-TILE_VALUES_KEY = "tile_values"
-DISAGREEMENT_COLORS = {
-    0: [0, 0, 0, 0],
-    1: [1.0, 0.2, 0.1, 0.8],
-    2: [0.1, 0.4, 1.0, 0.8],
-    None: [0, 0, 0, 0],
-}
+#: disagreement codes → colours (napari labels colormap) and what they mean
+DISAGREEMENT_COLORS = {0: [0, 0, 0, 0], 1: [1.0, 0.2, 0.1, 0.8], 2: [0.1, 0.4, 1.0, 0.8],
+                       None: [0, 0, 0, 0]}
+DISAGREEMENT_LEGEND = {1: "high value outside the annotations", 2: "annotated, value low"}
 
-
-def tile_map_layer_data(tv: TileValues, *, colormap: str = "inferno") -> tuple:
-    """A tile map as an Image layer-data tuple aligned with the slide (level-0 × mpp)."""
-    raster, d = rasterize_tile_values(tv)
-    mpp = tv.mpp or 1.0
-    meta = {
-        "name": tv.label,
-        "scale": (d * mpp, d * mpp),
-        "translate": ((d - 1) / 2 * mpp, (d - 1) / 2 * mpp),
-        "colormap": colormap,
-        "opacity": 0.6,
-        "blending": "translucent",
-        "metadata": {TILE_VALUES_KEY: tv},
-    }
-    return raster, meta, "image"
+#: agreement table columns: (header, report attribute, tooltip)
+COLUMNS = (
+    ("Model", None, "the model whose result this row measures"),
+    ("Map", None, "the tile map: instance scores (probability-like evidence per tile) or "
+                  "attention (weights of the bag, min–max scaled to [0, 1]) at one scale"),
+    ("AUROC", "auroc", "area under the ROC curve: the chance that a random annotated tile has "
+                       "a higher value than a random tile outside (0.5 = chance, 1 = perfect); "
+                       "does not depend on the threshold"),
+    ("AP", "average_precision", "average precision: area under the precision–recall curve; "
+                                "its chance level is the fraction of annotated tiles"),
+    ("Dice", "dice", "Dice overlap of the tiles at or above the threshold with the annotated "
+                     "area (2·|A∩B| / (|A|+|B|), tile-coverage weighted)"),
+    ("IoU", "iou", "intersection over union of the same two regions as Dice"),
+    ("Mass in", "mass_inside", "the share of the map's total value that lies inside the "
+                               "annotations (attention mass for attention maps)"),
+    ("Top-k hit", "top_k_hit_rate", "the fraction of the k highest-valued tiles that are "
+                                    "annotated (k is set below)"),
+)
+THRESHOLD_HELP = ("Dice, IoU and the disagreement layer call a tile 'high' when its value on "
+                  "[0, 1] is at least the threshold: instance scores as they are "
+                  "(probability-like), attention after min–max scaling over the slide's tiles "
+                  "(so 0.5 means half-way between the least and the most attended tile). "
+                  "AUROC, AP and top-k do not depend on it.")
 
 
 class AnnotationsDock(QWidget):
-    """Dock widget: annotation classes, agreement metrics and curves, disagreement layer."""
+    """Dock widget: annotation classes, the agreement table, curves, disagreement, exports."""
 
     def __init__(self, napari_viewer) -> None:
         super().__init__()
         self.viewer = napari_viewer
-        self.annotations = AnnotationSet()
+        self.layers_view = SessionLayers.of(napari_viewer)
+        self.rows: list = []  # the agreement rows shown (derived from the session)
         self.report: AgreementReport | None = None
-        self._coverage_cache: dict[tuple, np.ndarray] = {}
-        self._worker = None
+        self.last_error: str | None = None
+        self._generation = 0
+        self._workers: list = []
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(60)
+        self._timer.timeout.connect(lambda: self.compute(block=False))
         self._build()
-        self.viewer.layers.events.inserted.connect(self._refresh_layers)
-        self.viewer.layers.events.removed.connect(self._refresh_layers)
-        self._refresh_layers()
+        s = self.session
+        self._slots = connect_all([
+            (s.annotations_changed, self._on_annotations), (s.result_added, self._schedule),
+            (s.result_removed, self._schedule), (s.review_changed, self._schedule),
+            (s.active_slide_changed, self._on_active_slide)])
+        self.destroyed.connect(lambda *_: disconnect_all(self._slots))
+        self._on_active_slide(s.active_slide)
+
+    @property
+    def session(self):
+        return self.layers_view.session
 
     # ------------------------------------------------------------------ UI
     def _build(self) -> None:
-        root = QVBoxLayout(self)
-        box = QGroupBox("Annotations")
-        lay = QVBoxLayout(box)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        self.tabs = QTabWidget()
+        for title, page in (("Annotations", self._build_annotations()),
+                            ("Agreement", self._build_agreement()),
+                            ("Export", self._build_export())):
+            scroll = QScrollArea()
+            scroll.setWidgetResizable(True)
+            scroll.setWidget(page)
+            self.tabs.addTab(scroll, title)
+        outer.addWidget(self.tabs)
+
+    def _build_annotations(self) -> QWidget:
+        page = QWidget()
+        lay = QVBoxLayout(page)
         row = QHBoxLayout()
         self.load_btn = QPushButton("Load annotations…")
         self.load_btn.clicked.connect(self._choose_file)
@@ -120,24 +139,37 @@ class AnnotationsDock(QWidget):
         self.status = QLabel("No annotations.")
         self.status.setWordWrap(True)
         lay.addWidget(self.status)
-        lay.addWidget(QLabel("Positive classes:"))
+        lay.addWidget(QLabel("Positive classes (count as lesion):"))
         self.class_list = QListWidget()
         self.class_list.setMaximumHeight(110)
-        self.class_list.itemChanged.connect(self._invalidate)
+        self.class_list.itemChanged.connect(self._classes_ticked)
         lay.addWidget(self.class_list)
-        root.addWidget(box)
+        self.class_legend = QLabel("")
+        self.class_legend.setWordWrap(True)
+        lay.addWidget(self.class_legend)
+        lay.addStretch(1)
+        return page
 
-        box = QGroupBox("Agreement")
-        form = QFormLayout(box)
-        self.layer_combo = QComboBox()
-        self.layer_combo.currentIndexChanged.connect(self._invalidate)
-        load_table = QPushButton("Load tile table…")
-        load_table.clicked.connect(self._choose_table)
-        form.addRow("Tile map:", self.layer_combo)
-        form.addRow("", load_table)
+    def _build_agreement(self) -> QWidget:
+        page = QWidget()
+        lay = QVBoxLayout(page)
+        self.table = QTableWidget(0, len(COLUMNS))
+        self.table.setHorizontalHeaderLabels([c[0] for c in COLUMNS])
+        for i, (_h, _attr, tip) in enumerate(COLUMNS):
+            self.table.horizontalHeaderItem(i).setToolTip(tip)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.verticalHeader().setVisible(False)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.table.setMinimumHeight(120)
+        self.table.itemSelectionChanged.connect(self._row_selected)
+        lay.addWidget(self.table)
+        form = QFormLayout()
         self.threshold = QSlider(Qt.Orientation.Horizontal)
         self.threshold.setRange(0, 100)
         self.threshold.setValue(50)
+        self.threshold.setToolTip(THRESHOLD_HELP)
         self.threshold_label = QLabel("0.50")
         self.threshold.valueChanged.connect(self._on_threshold)
         trow = QHBoxLayout()
@@ -147,29 +179,34 @@ class AnnotationsDock(QWidget):
         self.top_k = QSpinBox()
         self.top_k.setRange(1, 10000)
         self.top_k.setValue(10)
-        self.top_k.valueChanged.connect(lambda _v: self.compute())
+        self.top_k.setToolTip("k of the top-k hit rate and of the top-k crops")
+        self.top_k.valueChanged.connect(lambda v: self.session.set_review(top_k=int(v)))
         form.addRow("Top-k:", self.top_k)
-        self.compute_btn = QPushButton("Compute agreement")
-        self.compute_btn.clicked.connect(self.compute)
+        self.compute_btn = QPushButton("Recompute agreement")
+        self.compute_btn.clicked.connect(lambda: self.compute(block=False))
         form.addRow(self.compute_btn)
+        lay.addLayout(form)
         self.metrics = QLabel("—")
+        self.metrics.setWordWrap(True)
         self.metrics.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        form.addRow(self.metrics)
-        root.addWidget(box)
-
+        lay.addWidget(self.metrics)
+        self.legend = QLabel(_legend_html())
+        self.legend.setWordWrap(True)
+        lay.addWidget(self.legend)
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
 
-        self.figure = Figure(figsize=(4, 2), tight_layout=True)
+        self.figure = Figure(figsize=(4, 2.2), layout="constrained")
         self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(180)
-        root.addWidget(self.canvas)
-        root.addWidget(self._build_export())
-        root.addStretch(1)
+        self.canvas.setMinimumHeight(190)
+        lay.addWidget(self.canvas)
+        return page
 
-    def _build_export(self) -> QGroupBox:
-        box = QGroupBox("Export")
-        form = QFormLayout(box)
+    def _build_export(self) -> QWidget:
+        page = QWidget()
+        form = QFormLayout(page)
+        form.addRow(QLabel("Exports the map of the row chosen in Agreement (the first row when "
+                           "none is chosen)."))
         self.crop_mpp = QDoubleSpinBox()
         self.crop_mpp.setRange(0.05, 100.0)
         self.crop_mpp.setDecimals(3)
@@ -182,329 +219,260 @@ class AnnotationsDock(QWidget):
         self.overwrite = QCheckBox("replace existing files")
         form.addRow(self.overwrite)
         buttons = (
-            (
-                "Top-k tiles as crops…",
-                lambda: self._ask_dir(lambda d: self.export_crops(d, "top-k")),
-            ),
-            (
-                "Selected shapes as crops…",
-                lambda: self._ask_dir(lambda d: self.export_crops(d, "selected")),
-            ),
-            (
-                "Tile values (GeoJSON/CSV)…",
-                lambda: self._ask_save("Tiles (*.geojson *.csv)", self.export_tiles),
-            ),
-            (
-                "Heatmap (OME-TIFF/OME-Zarr)…",
-                lambda: self._ask_save("Heatmaps (*.ome.tif *.zarr)", self.export_heatmap),
-            ),
-            (
-                "Annotations (GeoJSON/ASAP XML)…",
-                lambda: self._ask_save("Annotations (*.geojson *.xml)", self.export_annotations),
-            ),
+            ("Top-k tiles as crops…", lambda: self._ask_dir(lambda d: self.export_crops(d))),
+            ("Selected shapes as crops…",
+             lambda: self._ask_dir(lambda d: self.export_crops(d, "selected"))),
+            ("Tile values (GeoJSON/CSV)…",
+             lambda: self._ask_save("Tiles (*.geojson *.csv)", self.export_tiles)),
+            ("Heatmap (OME-TIFF/OME-Zarr)…",
+             lambda: self._ask_save("Heatmaps (*.ome.tif *.zarr)", self.export_heatmap)),
+            ("Annotations (GeoJSON/ASAP XML)…",
+             lambda: self._ask_save("Annotations (*.geojson *.xml)", self.export_annotations)),
         )
+        self.export_buttons = []
         for text, slot in buttons:
             btn = QPushButton(text)
             btn.clicked.connect(slot)
             form.addRow(btn)
-        return box
-
-    def _ask_save(self, filt: str, fn) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Export", "", filt)
-        if path:
-            self._run_export(fn, path)
-
-    def _ask_dir(self, fn) -> None:
-        path = QFileDialog.getExistingDirectory(self, "Export crops to")
-        if path:
-            self._run_export(fn, path)
-
-    def _run_export(self, fn, path) -> None:
-        from napari.utils.notifications import show_info
-
-        try:
-            out = fn(path)
-        except NapariMilError as exc:
-            self._failed(exc)
-            return
-        show_info(f"Exported {out}")
+            self.export_buttons.append(btn)
+        return page
 
     # ------------------------------------------------------------------ annotations
     def _choose_file(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(
-            self, "Open annotations", "", "Annotations (*.geojson *.json *.xml)"
-        )
+        path, _ = QFileDialog.getOpenFileName(self, "Open annotations", "",
+                                              "Annotations (*.geojson *.json *.xml)")
         if path:
             self.load_file(path)
 
     def load_file(self, path: str | Path, *, block: bool = False) -> None:
-        """Read annotations in a worker thread (``block=True`` reads here, for scripts/tests)."""
-        strict = not self.lenient.isChecked()
-        slide = self._slide_layer()
-        dims = slide.metadata.get("dimensions") if slide is not None else None
-        kw = {"strict": strict, "slide_dimensions": tuple(dims) if dims else None}
+        """Read annotations for the active slide (in a worker unless ``block``)."""
+        from ..io.annotations import read_annotations
+
+        try:
+            entry = self.session.slide()
+        except NapariMilError as exc:
+            self._failed(exc)
+            return
+        kw = {"strict": not self.lenient.isChecked(),
+              "slide_dimensions": tuple(entry.slide.dimensions)}
         if block:
-            self._loaded(read_annotations(path, **kw), Path(path))
+            try:
+                anns = read_annotations(path, **kw)
+            except NapariMilError as exc:
+                self._failed(exc)
+                return
+            self.session.set_annotations(entry.id, anns, source=str(path))
             return
         from napari.qt.threading import create_worker
 
         self.status.setText(f"Reading {Path(path).name}…")
         self.load_btn.setEnabled(False)
-        worker = create_worker(read_annotations, path, **kw)
-        worker.returned.connect(lambda anns: self._loaded(anns, Path(path)))
+        worker = create_worker(read_annotations, path, _ignore_errors=True, **kw)
+        worker.returned.connect(
+            lambda anns: self.session.set_annotations(entry.id, anns, source=str(path))
+            if entry.id in self.session.slides else None)
         worker.errored.connect(self._failed)
         worker.finished.connect(lambda: self.load_btn.setEnabled(True))
-        self._worker = worker
+        self._keep(worker)
+
+    def _keep(self, worker) -> None:
+        self._workers.append(worker)
+        worker.finished.connect(lambda: self._workers.remove(worker)
+                                if worker in self._workers else None)
         worker.start()
 
     def _failed(self, exc: Exception) -> None:
+        """One notification; the status line keeps a short note (not the message again)."""
         from napari.utils.notifications import show_error
 
-        self.status.setText(str(exc))
-        show_error(str(exc))
-
-    def _slide_mpp(self) -> float | None:
-        for layer in self.viewer.layers:
-            if layer.__class__.__name__ == "Image" and TILE_VALUES_KEY not in layer.metadata:
-                mpp = layer.metadata.get("mpp")
-                return float(mpp) if mpp else float(layer.scale[-1])
-        return None
-
-    def _loaded(self, anns: AnnotationSet, path: Path) -> None:
-        mpp = self._slide_mpp()
-        for data, meta, kind in annotations_to_layer_data(anns, mpp=mpp, name=path.stem):
-            getattr(self.viewer, f"add_{kind}")(data, **meta)
-        msg = anns.report.summary() if anns.report else f"{len(anns)} annotations"
-        self.set_annotations(anns, msg)
+        msg = str(exc).replace("Pass strict=False", "Tick 'load the valid part of damaged "
+                                                    "files'").replace(
+            "strict=False", "'load the valid part of damaged files'")
+        self.last_error = msg
+        self.status.setText("Not loaded (see the notification).")
+        show_error(msg)
 
     def use_shapes_layers(self) -> None:
-        """Annotations from every Shapes layer in the viewer (level-0 px = data coordinates)."""
+        """The active slide's annotations from the Shapes layers drawn in the viewer."""
+        from ..io.annotations.napari_convert import annotations_from_shapes
+
         out = []
         for layer in self.viewer.layers:
-            if layer.__class__.__name__ != "Shapes" or not len(layer.data):
+            if (layer.__class__.__name__ != "Shapes" or not len(layer.data)
+                    or layer.metadata.get("napari_mil") or slide_of(layer) is not None):
                 continue
             feats = {c: layer.features[c].to_numpy() for c in layer.features.columns}
-            out += list(
-                annotations_from_shapes(layer.data, layer.shape_type, feats, layer.edge_color)
-            )
-        self.set_annotations(AnnotationSet(tuple(out)), f"{len(out)} shapes from the viewer")
+            mpp = float(layer.scale[-1])
+            data = [np.asarray(d)[:, -2:] * mpp / self._slide_mpp() for d in layer.data]
+            out += list(annotations_from_shapes(data, layer.shape_type, feats, layer.edge_color))
+        try:
+            self.session.set_annotations(None, AnnotationSet(tuple(out)), source=VIEWER_SHAPES)
+        except NapariMilError as exc:
+            self._failed(exc)
 
-    def set_annotations(self, anns: AnnotationSet, message: str = "") -> None:
-        self.annotations = anns
-        self._coverage_cache.clear()
-        self.status.setText(message or f"{len(anns)} annotations")
+    def _slide_mpp(self) -> float:
+        try:
+            return self.session.slide().mpp
+        except NapariMilError:
+            return 1.0
+
+    def _on_annotations(self, sid: str) -> None:
+        if sid == self.session.active_slide:
+            self._show_classes()
+        self._schedule()
+
+    def _on_active_slide(self, _sid) -> None:
+        self._show_classes()
+        self._schedule()
+
+    def _show_classes(self) -> None:
+        s = self.session
+        anns = s.annotations.get(s.active_slide) if s.active_slide else None
         self.class_list.blockSignals(True)
         self.class_list.clear()
+        if anns is None:
+            self.status.setText("No annotations on this slide.")
+            self.class_list.blockSignals(False)
+            return
+        report = getattr(anns, "report", None)
+        self.status.setText(report.summary() if report else f"{len(anns)} annotations")
         classes = anns.filter(area_only=True).classes or ["(unclassified)"]
-        # non-lesion classes (tissue, background, other…) start unticked, as in `compare`
-        lesion = [c for c in classes if not NON_LESION_CLASS.fullmatch(c)] or classes
+        chosen = s.positive_classes.get(s.active_slide)
+        lesion = list(chosen) if chosen is not None else (
+            [c for c in classes if not NON_LESION_CLASS.fullmatch(c)] or classes)
+        colors = anns.class_colors() if hasattr(anns, "class_colors") else {}
+        legend = []
         for c in classes:
             item = QListWidgetItem(c)
             item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
             item.setCheckState(Qt.CheckState.Checked if c in lesion else Qt.CheckState.Unchecked)
             self.class_list.addItem(item)
+            rgb = colors.get(c)
+            if rgb is not None:
+                legend.append(f"<span style='color: rgb{tuple(int(v) for v in rgb)}'>■</span> {c}")
         self.class_list.blockSignals(False)
-        self._invalidate()
+        self.class_legend.setText("Outline colours: " + "  ".join(legend) if legend else "")
 
     def positive_classes(self) -> list[str] | None:
-        checked = [
-            self.class_list.item(i).text()
-            for i in range(self.class_list.count())
-            if self.class_list.item(i).checkState() == Qt.CheckState.Checked
-        ]
+        checked = [self.class_list.item(i).text() for i in range(self.class_list.count())
+                   if self.class_list.item(i).checkState() == Qt.CheckState.Checked]
         return None if checked == ["(unclassified)"] else checked
 
     def set_positive_classes(self, classes: list[str]) -> None:
         for i in range(self.class_list.count()):
             item = self.class_list.item(i)
-            item.setCheckState(
-                Qt.CheckState.Checked if item.text() in classes else Qt.CheckState.Unchecked
-            )
+            item.setCheckState(Qt.CheckState.Checked if item.text() in classes
+                               else Qt.CheckState.Unchecked)
 
-    # ------------------------------------------------------------------ tile maps
-    def _choose_table(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(
-            self, "Open tile table", "", "Tile tables (*.npz *.json)"
-        )
-        if path:
-            self.add_tile_maps(load_tile_maps(path))
-
-    def add_tile_maps(self, maps: list[TileValues]) -> None:
-        for tv in maps:
-            data, meta, _ = tile_map_layer_data(tv)
-            self.viewer.add_image(data, **meta)
-
-    def tile_layers(self) -> list:
-        return [layer for layer in self.viewer.layers if TILE_VALUES_KEY in layer.metadata]
-
-    def _refresh_layers(self, *_args) -> None:
-        current = self.layer_combo.currentText()
-        names = [layer.name for layer in self.tile_layers()]
-        self.layer_combo.blockSignals(True)
-        self.layer_combo.clear()
-        self.layer_combo.addItems(names)
-        if current in names:
-            self.layer_combo.setCurrentText(current)
-        self.layer_combo.blockSignals(False)
-
-    def current_tile_values(self) -> TileValues | None:
-        name = self.layer_combo.currentText()
-        for layer in self.tile_layers():
-            if layer.name == name:
-                return layer.metadata[TILE_VALUES_KEY]
-        return None
-
-    # ------------------------------------------------------------------ agreement
-    def _invalidate(self, *_args) -> None:
-        self.report = None
-        self.metrics.setText("—")
-
-    def _on_threshold(self, value: int) -> None:
-        self.threshold_label.setText(f"{value / 100:.2f}")
-        if self.report is not None:
-            self.compute()
-
-    def _coverage(self, tv: TileValues, classes: list[str] | None) -> np.ndarray:
-        key = (id(tv), tuple(classes) if classes is not None else None)
-        if key not in self._coverage_cache:
-            positive = self.annotations.filter(classes=classes, area_only=True)
-            self._coverage_cache[key] = tile_coverage(tv.coords_xy, tv.tile_size, positive)
-        return self._coverage_cache[key]
-
-    def compute(self) -> AgreementReport | None:
-        """Compute (or re-threshold) the agreement and update metrics, curves and layers."""
-        tv = self.current_tile_values()
-        if tv is None or not len(self.annotations):
-            self.metrics.setText("Load annotations and a tile map first.")
-            return None
+    def _classes_ticked(self, *_args) -> None:
         classes = self.positive_classes()
-        threshold = self.threshold.value() / 100
         try:
-            cov = self._coverage(tv, classes)
-            rep = agreement(
-                tv,
-                self.annotations,
-                positive_classes=classes,
-                threshold=threshold,
-                top_k=self.top_k.value(),
-                coverage=cov,
-            )
+            self.session.set_positive_classes(None, classes or ())
         except NapariMilError as exc:
             self._failed(exc)
-            return None
-        self.report = rep
-        self.metrics.setText(_format_report(rep))
-        self._draw_curves(rep)
-        self._update_disagreement(tv, cov, threshold)
-        return rep
 
-    # ------------------------------------------------------------------ export
-    def _slide_layer(self):
-        for layer in self.viewer.layers:
-            if (
-                layer.__class__.__name__ == "Image"
-                and "path" in layer.metadata
-                and (TILE_VALUES_KEY not in layer.metadata)
-            ):
-                return layer
+    # ------------------------------------------------------------------ agreement
+    def _on_threshold(self, value: int) -> None:
+        self.threshold_label.setText(f"{value / 100:.2f}")
+        self.session.set_review(threshold=value / 100)
+
+    def _schedule(self, *_args) -> None:
+        self._timer.start()
+
+    def compute(self, *, block: bool = True) -> list | None:
+        """The agreement rows of the active slide (a worker unless ``block``); shown when ready."""
+        self._generation += 1
+        gen = self._generation
+        s = self.session
+        if s.active_slide is None or not s.results_of(s.active_slide):
+            self._show([], "Run a model on this slide (or open a result): its tile maps appear "
+                           "here at once.")
+            return None
+        if s.active_slide not in s.annotations:
+            self._show([], "Load annotations (or use shapes layers) to measure agreement.")
+            return None
+        sid = s.active_slide
+        if block:
+            try:
+                rows = s.agreement(sid)
+            except NapariMilError as exc:
+                self._show([], str(exc))
+                return None
+            self._show(rows)
+            return rows
+        from napari.qt.threading import create_worker
+
+        worker = create_worker(s.agreement, sid, _ignore_errors=True)
+        worker.returned.connect(lambda rows: self._show(rows) if gen == self._generation
+                                and sid == s.active_slide else None)
+        worker.errored.connect(lambda exc: self._show([], str(exc))
+                               if gen == self._generation else None)
+        self._keep(worker)
         return None
 
-    def _require_tile_values(self) -> TileValues:
-        tv = self.current_tile_values()
-        if tv is None:
-            raise ExportError("No tile map: load a tile table or run a model first.")
-        return tv
+    @property
+    def is_busy(self) -> bool:
+        return bool(self._workers) or self._timer.isActive()
 
-    def export_tiles(self, path: str | Path) -> Path:
-        """The current tile map (and its siblings at the same scale) as GeoJSON or CSV."""
-        tv = self._require_tile_values()
-        maps = [
-            m
-            for m in (lay.metadata[TILE_VALUES_KEY] for lay in self.tile_layers())
-            if m.scale == tv.scale
-            and m.tile_size == tv.tile_size
-            and np.array_equal(m.coords_xy, tv.coords_xy)
-        ]
-        ow = self.overwrite.isChecked()
-        if str(path).lower().endswith(".csv"):
-            return write_tiles_csv(maps, path, overwrite=ow)
-        return write_tiles_geojson(maps, path, overwrite=ow)
+    def _show(self, rows: list, message: str = "") -> None:
+        previous = self.selected_row()
+        self.rows = list(rows)
+        self.table.blockSignals(True)
+        self.table.setRowCount(len(self.rows))
+        for i, row in enumerate(self.rows):
+            rep = row.report
+            cells = [row.model, f"{rep.layer} [{rep.scale}]"] + [
+                _f(getattr(rep, attr)) for _h, attr, _t in COLUMNS[2:]]
+            for j, text in enumerate(cells):
+                item = QTableWidgetItem(text)
+                item.setToolTip(COLUMNS[j][2])
+                if j >= 2:
+                    item.setTextAlignment(Qt.AlignmentFlag.AlignRight
+                                          | Qt.AlignmentFlag.AlignVCenter)
+                self.table.setItem(i, j, item)
+        self.table.blockSignals(False)
+        if not self.rows:
+            self.report = None
+            self.metrics.setText(message or "—")
+            return
+        labels = [r.label for r in self.rows]
+        pick = labels.index(previous.label) if previous and previous.label in labels else 0
+        self.table.selectRow(pick)
+        self._row_selected()
 
-    def export_heatmap(self, path: str | Path) -> Path:
-        """The current tile map as a pyramidal OME-TIFF (or OME-Zarr for ``.zarr``)."""
-        tv = self._require_tile_values()
-        slide = self._slide_layer()
-        dims = (
-            tuple(slide.metadata["dimensions"])
-            if slide and "dimensions" in slide.metadata
-            else None
-        )
-        ow = self.overwrite.isChecked()
-        if str(path).lower().rstrip("/").endswith(".zarr"):
-            return write_heatmap_zarr(tv, path, slide_dimensions=dims, overwrite=ow)
-        return write_heatmap_tiff(tv, path, slide_dimensions=dims, overwrite=ow)
+    def selected_row(self):
+        sel = self.table.selectionModel().selectedRows() if self.table.selectionModel() else []
+        if sel and sel[0].row() < len(self.rows):
+            return self.rows[sel[0].row()]
+        return self.rows[0] if self.rows else None
 
-    def export_annotations(self, path: str | Path) -> Path:
-        fmt = "asap" if str(path).lower().endswith(".xml") else "geojson"
-        return write_annotations(
-            self.annotations, path, format=fmt, overwrite=self.overwrite.isChecked()
-        )
+    def select(self, model: str, layer: str, scale: str) -> None:
+        """Choose the row of ``model``'s ``layer`` at ``scale`` (e.g. attention, 20x)."""
+        for i, row in enumerate(self.rows):
+            if (row.model, row.report.layer, row.report.scale) == (model, layer, scale):
+                self.table.selectRow(i)
+                return
+        raise KeyError(f"No agreement row for {model} · {layer} [{scale}].")
 
-    def _selected_shapes(self) -> AnnotationSet:
-        layer = self.viewer.layers.selection.active
-        if layer is None or layer.__class__.__name__ != "Shapes" or not layer.selected_data:
-            raise ExportError("Select shapes first (Shapes layer, select tool).")
-        idx = sorted(layer.selected_data)
-        feats = {c: layer.features[c].to_numpy()[idx] for c in layer.features.columns}
-        return annotations_from_shapes(
-            [layer.data[i] for i in idx], [layer.shape_type[i] for i in idx], feats
-        )
-
-    def export_crops(self, folder: str | Path, source: str = "top-k") -> list[Path]:
-        """Crops of the top-k tiles (or of the selected shapes) at the chosen pixel size."""
-        from ..io.slide import open_slide
-
-        layer = self._slide_layer()
-        if layer is None:
-            raise ExportError("No slide in the viewer: open the slide the annotations belong to.")
-        if source == "selected":
-            rois = rois_from_annotations(self._selected_shapes())
-            scores: dict = {}
-        else:
-            tv = self._require_tile_values()
-            rois = rois_from_top_k(tv, self.top_k.value())
-            scores = {"normalisation": "raw tile values"}
-        with open_slide(layer.metadata["path"], mpp=layer.metadata.get("mpp")) as slide:
-            return export_rois(
-                slide,
-                rois,
-                folder,
-                mpp=self.crop_mpp.value(),
-                fmt=self.crop_format.currentText(),
-                normalisation=scores or None,
-                overwrite=self.overwrite.isChecked(),
-            )
+    def _row_selected(self) -> None:
+        row = self.selected_row()
+        if row is None:
+            return
+        self.report = row.report
+        self.metrics.setText(_format_report(row))
+        self._draw_curves(row.report)
+        self._update_disagreement(row)
 
     def _draw_curves(self, rep: AgreementReport) -> None:
         self.figure.clear()
         ax1, ax2 = self.figure.subplots(1, 2)
         ax1.plot(rep.roc.x, rep.roc.y, color="C0")
         ax1.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls="--")
-        ax1.set(
-            title=f"ROC (AUC {_f(rep.auroc)})",
-            xlabel="FPR",
-            ylabel="TPR",
-            xlim=(0, 1),
-            ylim=(0, 1.02),
-        )
+        ax1.set(title=f"ROC (AUC {_f(rep.auroc)})", xlabel="false pos. rate",
+                ylabel="true pos. rate", xlim=(0, 1), ylim=(0, 1.02))
         ax2.step(rep.pr.x, rep.pr.y, where="post", color="C1")
-        ax2.set(
-            title=f"PR (AP {_f(rep.average_precision)})",
-            xlabel="recall",
-            ylabel="precision",
-            xlim=(0, 1),
-            ylim=(0, 1.02),
-        )
+        ax2.set(title=f"PR (AP {_f(rep.average_precision)})", xlabel="recall",
+                ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
         for ax in (ax1, ax2):
             ax.title.set_fontsize(8)
             ax.tick_params(labelsize=7)
@@ -512,38 +480,165 @@ class AnnotationsDock(QWidget):
             ax.yaxis.label.set_fontsize(7)
         self.canvas.draw_idle()
 
-    def _update_disagreement(self, tv: TileValues, cov: np.ndarray, threshold: float) -> None:
-        codes = disagreement_map(tv, cov, threshold=threshold).astype(np.float64)
+    def _update_disagreement(self, row) -> None:
+        """One disagreement layer per slide: the selected row's, replaced when it changes."""
+        from ..export.heatmap import rasterize_tile_values
+        from ..session import layer_name
+        from .layer_sync import remove_layers, write_layer
+
+        sid = self.session.active_slide
+        codes = self.session.disagreement(sid, row).astype(np.float64)
+        tv = row.tile_map
         raster, d = rasterize_tile_values(tv.with_values(codes))
         labels = np.nan_to_num(raster, nan=0).astype(np.uint8)
-        name = f"disagreement {tv.label}"
+        name = layer_name(sid, row.model, f"disagreement {tv.name}", tv.scale)
+        remove_layers(self.viewer, [lyr.name for lyr in self.viewer.layers
+                                    if lyr.metadata.get("kind") == "disagreement"
+                                    and slide_of(lyr) == sid and lyr.name != name])
         mpp = tv.mpp or 1.0
-        if name in self.viewer.layers:
-            self.viewer.layers[name].data = labels
-            return
-        self.viewer.add_labels(
-            labels,
-            name=name,
-            scale=(d * mpp, d * mpp),
-            translate=((d - 1) / 2 * mpp, (d - 1) / 2 * mpp),
-            colormap=DISAGREEMENT_COLORS,
-            opacity=0.7,
-            metadata={
-                "napari_mil": "disagreement",
-                "legend": {1: "high outside annotations", 2: "annotated, ignored"},
-            },
-        )
+        kwargs = {
+            "name": name, "scale": (d * mpp, d * mpp), "units": ("um", "um"),
+            "translate": ((d - 1) / 2 * mpp, (d - 1) / 2 * mpp), "opacity": 0.7,
+            "metadata": {"napari_mil": True, "kind": "disagreement", "session_slide": sid,
+                         "session_key": [sid, row.model], "legend": DISAGREEMENT_LEGEND,
+                         "threshold": row.report.threshold,
+                         "meaning": "tiles where the map and the annotations disagree"},
+        }
+        from .layer_sync import find_layer
+
+        layer = find_layer(self.viewer, name)
+        if layer is None:
+            from napari.utils.colormaps import DirectLabelColormap
+
+            kwargs["colormap"] = DirectLabelColormap(color_dict=DISAGREEMENT_COLORS)
+            self.viewer.add_labels(labels, **kwargs)
+        else:
+            write_layer(self.viewer, labels, kwargs, "labels")
+
+    # ------------------------------------------------------------------ export
+    def _require_row(self):
+        row = self.selected_row()
+        if row is None:
+            raise ExportError("No tile map yet: run a model on this slide (or open a result) "
+                              "and load its annotations.")
+        return row
+
+    def _require_map(self):
+        """The selected row's map; without annotations, the active result's first map."""
+        row = self.selected_row()
+        if row is not None:
+            return row.model, row.tile_map
+        s = self.session
+        results = s.results_of(s.active_slide) if s.active_slide else {}
+        if not results:
+            raise ExportError("No tile map yet: run a model on this slide (or open a result).")
+        model = s.active_model if s.active_model in results else next(iter(results))
+        return model, results[model].tile_values()[0]
+
+    def export_tiles(self, path: str | Path) -> Path:
+        """Every map of the chosen model at the chosen map's scale, as GeoJSON or CSV."""
+        from ..export import write_tiles_csv, write_tiles_geojson
+
+        model, tv = self._require_map()
+        maps = [m for m in self.session.tile_maps(None, model)
+                if m.scale == tv.scale and np.array_equal(m.coords_xy, tv.coords_xy)]
+        ow = self.overwrite.isChecked()
+        if str(path).lower().endswith(".csv"):
+            return write_tiles_csv(maps, path, overwrite=ow)
+        return write_tiles_geojson(maps, path, overwrite=ow)
+
+    def export_heatmap(self, path: str | Path) -> Path:
+        """The chosen map as a pyramidal OME-TIFF (or OME-Zarr for ``.zarr``)."""
+        from ..export import write_heatmap_tiff, write_heatmap_zarr
+
+        _model, tv = self._require_map()
+        dims = tuple(self.session.slide().slide.dimensions)
+        ow = self.overwrite.isChecked()
+        if str(path).lower().rstrip("/").endswith(".zarr"):
+            return write_heatmap_zarr(tv, path, slide_dimensions=dims, overwrite=ow)
+        return write_heatmap_tiff(tv, path, slide_dimensions=dims, overwrite=ow)
+
+    def export_annotations(self, path: str | Path) -> Path:
+        from ..io.annotations import write_annotations
+
+        fmt = "asap" if str(path).lower().endswith(".xml") else "geojson"
+        return write_annotations(self.session.annotations_of(None), path, format=fmt,
+                                 overwrite=self.overwrite.isChecked())
+
+    def _selected_shapes(self) -> AnnotationSet:
+        from ..io.annotations.napari_convert import annotations_from_shapes
+
+        layer = self.viewer.layers.selection.active
+        if layer is None or layer.__class__.__name__ != "Shapes" or not layer.selected_data:
+            raise ExportError("Select shapes first (Shapes layer, select tool).")
+        idx = sorted(layer.selected_data)
+        feats = {c: layer.features[c].to_numpy()[idx] for c in layer.features.columns}
+        return annotations_from_shapes([layer.data[i] for i in idx],
+                                       [layer.shape_type[i] for i in idx], feats)
+
+    def export_crops(self, folder: str | Path, source: str = "top-k") -> list[Path]:
+        """Crops of the chosen map's top-k tiles (or of the selected shapes)."""
+        from ..export import export_rois, rois_from_annotations, rois_from_top_k
+
+        slide = self.session.slide().slide
+        if source == "selected":
+            rois = rois_from_annotations(self._selected_shapes())
+            scores = None
+        else:
+            model, tv = self._require_map()
+            rois = rois_from_top_k(tv, self.session.top_k)
+            scores = {"model": model, "map": tv.label, "normalisation": "raw tile values"}
+        return export_rois(slide, rois, folder, mpp=self.crop_mpp.value(),
+                           fmt=self.crop_format.currentText(), normalisation=scores,
+                           overwrite=self.overwrite.isChecked())
+
+    def _ask_save(self, filt: str, fn) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Export", "", filt)
+        if path:
+            self.run_export(fn, path)
+
+    def _ask_dir(self, fn) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Export crops to")
+        if path:
+            self.run_export(fn, path)
+
+    def run_export(self, fn, path) -> None:
+        """Run an export in a worker (slide reads and compression stay off the viewer)."""
+        from napari.qt.threading import create_worker
+        from napari.utils.notifications import show_info
+
+        for b in self.export_buttons:
+            b.setEnabled(False)
+        worker = create_worker(fn, path, _ignore_errors=True)
+        worker.returned.connect(lambda out: show_info(f"Exported {_describe(out)}"))
+        worker.errored.connect(self._failed)
+        worker.finished.connect(lambda: [b.setEnabled(True) for b in self.export_buttons])
+        self._keep(worker)
 
 
-def _f(v: float) -> str:
+def _describe(out) -> str:
+    if isinstance(out, list):
+        return f"{len(out)} files to {Path(out[0]).parent}" if out else "nothing"
+    return str(out)
+
+
+def _legend_html() -> str:
+    def swatch(rgba) -> str:
+        r, g, b = (int(v * 255) for v in rgba[:3])
+        return f"<span style='color: rgb({r},{g},{b})'>■</span>"
+
+    parts = [f"{swatch(DISAGREEMENT_COLORS[k])} {v}" for k, v in DISAGREEMENT_LEGEND.items()]
+    return "Disagreement layer: " + "  ".join(parts)
+
+
+def _f(v) -> str:
     return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
 
 
-def _format_report(r: AgreementReport) -> str:
-    return (
-        f"{r.layer} {r.scale} vs {'+'.join(r.classes) or 'all'}: "
-        f"{r.n_positive}/{r.n_tiles} tiles annotated\n"
-        f"AUROC {_f(r.auroc)}   AP {_f(r.average_precision)}\n"
-        f"Dice {_f(r.dice)}   IoU {_f(r.iou)}   (threshold {r.threshold:.2f})\n"
-        f"mass inside {_f(r.mass_inside)}   top-{r.top_k} hit rate {_f(r.top_k_hit_rate)}"
-    )
+def _format_report(row) -> str:
+    r = row.report
+    return (f"{row.model} · {r.layer} [{r.scale}] vs {'+'.join(r.classes) or 'all'}: "
+            f"{r.n_positive}/{r.n_tiles} tiles annotated — AUROC {_f(r.auroc)}, "
+            f"AP {_f(r.average_precision)}, Dice {_f(r.dice)}, IoU {_f(r.iou)} "
+            f"(threshold {r.threshold:.2f}), mass inside {_f(r.mass_inside)}, "
+            f"top-{r.top_k} hit rate {_f(r.top_k_hit_rate)}")

@@ -16,7 +16,7 @@ from pathlib import Path
 from ..errors import NapariMilError
 from ..io.atomic import atomic_write_text
 from ..io.samples import SAMPLE_SLIDE, sample_dir, sample_file
-from .session import add_layer_tuples, open_session, save_screenshot, settle
+from .view_app import add_layer_tuples, open_session, save_screenshot, settle
 
 #: the checkpoint the demo runs when none is given
 DEFAULT_MODEL = "model-abmil.safetensors"
@@ -161,7 +161,7 @@ def run_demo(*, slide: Path | None, model: Path | None, out_dir: Path, offscreen
             dock = _add_dock(viewer)
             if dock.load_checkpoint(model_path):
                 dock.run()
-        from .session import run_event_loop
+        from .view_app import run_event_loop
 
         run_event_loop()
         return 0

@@ -162,6 +162,23 @@ def read_tile(slide, xy: tuple[int, int], size_level0: float, mpp_scale: float,
     return slide.read_region((int(xy[0]), int(xy[1])), level, (n, n))
 
 
+def is_concentric(result) -> bool:
+    """Every scale scored the same tiles: a concentric (CS-MIL) result, whose coarser scales
+    are context windows centred on each finest tile, not tiles of their own lattice."""
+    maps = list(result.scales.values())
+    return len(maps) > 1 and all(
+        len(m) == len(maps[0]) and np.array_equal(m.coords_xy, maps[0].coords_xy) for m in maps)
+
+
+def context_window(result, scale: str, finest_xy, finest_size: float) -> tuple[tuple, float]:
+    """The window the model read at ``scale`` around a finest tile: ((x, y) top-left, size),
+    level-0 px — concentric, ``patch_size_px × mpp_scale / slide_mpp`` wide."""
+    spec = result.scales[scale].scale
+    size = float(spec.patch_size_px) * float(spec.mpp) / float(result.slide_mpp)
+    cx, cy = finest_xy[0] + finest_size / 2.0, finest_xy[1] + finest_size / 2.0
+    return (int(round(cx - size / 2.0)), int(round(cy - size / 2.0))), size
+
+
 class EvidencePanel(QWidget):
     """The cross-scale panel: the clicked tile at each magnification, parents/children, weights."""
 
@@ -184,6 +201,7 @@ class EvidencePanel(QWidget):
         self.weights_box.setVisible(False)
         outer.addWidget(self.weights_box)
         self.tiles: dict[str, TileInfo] = {}
+        self.windows: dict[str, tuple] = {}  # scale -> ((x, y), size) level-0 px shown
         self.weight_bars: dict[str, QProgressBar] = {}
 
     def _clear(self) -> None:
@@ -207,24 +225,33 @@ class EvidencePanel(QWidget):
         self.title.setText(f"Tile at level-0 ({x:.0f}, {y:.0f}) — "
                            f"{', '.join(tiles)}; finest first")
         ordered = sorted(tiles.values(), key=lambda t: result.scales[t.scale].scale.mpp)
+        concentric = is_concentric(result)
+        self.windows = {}
         for row, t in enumerate(ordered):
             sm = result.scales[t.scale]
+            xy, size = (t.xy, t.size)
+            if concentric:  # what the model read at this scale: the window around the tile
+                xy, size = context_window(result, t.scale, ordered[0].xy, ordered[0].size)
+            self.windows[t.scale] = (xy, size)
             img = QLabel()
             if slide is not None:
                 try:
-                    img.setPixmap(rgb_pixmap(read_tile(slide, t.xy, t.size, sm.scale.mpp)))
+                    img.setPixmap(rgb_pixmap(read_tile(slide, xy, size, sm.scale.mpp)))
                 except Exception as exc:  # noqa: BLE001 - a failed crop must not break the panel
                     img.setText(f"(crop failed: {exc})")
-            kids = lookup.children(t.scale, t.index)
+            kids = {} if concentric else lookup.children(t.scale, t.index)
             kid_txt = "; ".join(f"{len(v)} child tiles at {k}" + _child_summary(result, k, v)
                                 for k, v in kids.items() if v)
             parents = [p.scale for p in ordered if result.scales[p.scale].scale.mpp > sm.scale.mpp]
+            where = (f"context window centred on the {ordered[0].scale} tile: "
+                     f"{size:.0f} px = {size * result.slide_mpp:.0f} µm wide" if concentric
+                     else f"tile #{t.index} at ({t.xy[0]}, {t.xy[1]}), {t.size:.0f} px")
             txt = QLabel(
-                f"<b>{t.scale}</b> tile #{t.index} at ({t.xy[0]}, {t.xy[1]}), {t.size:.0f} px<br>"
+                f"<b>{t.scale}</b> {where}<br>"
                 + (f"score {t.score:.3f}<br>" if t.score is not None else "")
                 + (f"attention {t.attention:.3e} (percentile {t.attention_pct:.0f})<br>"
                    if t.attention is not None and t.attention_pct is not None else "")
-                + (f"inside: {', '.join(parents)}<br>" if parents else "")
+                + (f"inside: {', '.join(parents)}<br>" if parents and not concentric else "")
                 + (kid_txt or "")
             )
             txt.setWordWrap(True)

@@ -170,13 +170,8 @@ class GalleryPanel(QWidget):
     def mark(self, index: int, mark: str | None) -> None:
         """Set (or clear, ``mark=None``) the review of tile ``index`` of the finest scale."""
         result = self.dock.result
-        key = review_key(result.finest_scale.name, index)
-        reviews = dict(result.reviews)
-        if mark is None:
-            reviews.pop(key, None)
-        else:
-            reviews[key] = mark
-        self.dock.set_result(result.with_reviews(reviews), redraw=False)
+        self.dock.session.mark(None, None, result.finest_scale.name, index, mark)
+        reviews = self.dock.result.reviews
         for item in self.items:
             if item["index"] == index:
                 item["agree"].setChecked(mark == "agree")

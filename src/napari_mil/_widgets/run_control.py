@@ -18,10 +18,11 @@ import numpy as np
 from qtpy.QtCore import QEvent, QObject, QTimer
 
 from ..errors import NapariMilError
-from .display import fmt_eta, slide_path_of
+from .display import fmt_eta
 from .evidence import camera_of
 from .layer_sync import add_missing_layers, is_placeholder, remove_layers, write_layer
 from .run_payload import PayloadBuilder, RunOutcome, RunUpdate
+from .session_layers import disconnect_all
 
 __all__ = ["RunControl"]
 
@@ -69,42 +70,29 @@ class RunControl:
                     sig.disconnect()
             worker.quit()
             worker.join(_JOIN_S)
-        for slide in self._slides.values():
-            slide.close()
-        self._slides.clear()
+        disconnect_all(self._session_slots)
+        self.layers_view.detach()  # the viewer goes: no layer work on it any more
+        self.session.close()  # its slides are closed
         with contextlib.suppress(AttributeError, RuntimeError, ValueError):
             self._disconnect_viewer()
-
-    def _warm_extractor(self, model):
-        """The model's patch embedder, built and run once now (not at the press of Run: building
-        and the first batch hold the GIL for long and would stall the viewer during the run)."""
-        ref = model.card.extractor
-        if ref is None:
-            return None
-        try:
-            from ..device import resolve_device
-            from ..features import extract  # noqa: F401 - imported now, not mid-run
-            from ..features.registry import create_extractor
-            from ..inference.run import run_slide  # noqa: F401
-
-            device = resolve_device(self.device_combo.currentText())
-            extractor = create_extractor(ref.name, device=device)
-            size = int(extractor.input_size_px)
-            extractor.embed(np.full((1, size, size, 3), 255, np.uint8))
-        except Exception:  # noqa: BLE001 - run_slide builds it and reports what is wrong
-            return None
-        return extractor
 
     def placeholder_tuples(self, slide=None) -> list[tuple]:
         """The empty layers the loaded model's next run on ``slide`` will fill."""
         from ..layers import placeholder_layer_data
 
-        slide = self.current_slide() if slide is None else slide
-        if self.model is None or slide is None:
+        s = self.session
+        entry = s.slides.get(s.active_slide) if slide is None else slide
+        model = s.models.get(s.active_model) if s.active_model is not None else None
+        if model is None or model.card is None or entry is None:
             return []
-        return placeholder_layer_data(self.model.card, slide.name, float(slide.mpp or 1.0),
-                                      tuple(slide.dimensions), colormap=self.colormap,
-                                      top_k=self.gallery.k_spin.value())
+        tuples = placeholder_layer_data(model.card, f"{entry.id} · {model.id}", entry.mpp,
+                                        tuple(entry.slide.dimensions), colormap=self.colormap,
+                                        top_k=self.gallery.k_spin.value())
+        for _d, kwargs, _k in tuples:
+            kwargs["metadata"]["session_slide"] = entry.id
+            if entry.id != s.active_slide:
+                kwargs["visible"] = False
+        return tuples
 
     def prepare_layers(self, slide=None) -> list[str]:
         """Add the next run's layers, empty, before it starts (adding layers is what stalls
@@ -164,36 +152,43 @@ class RunControl:
         """Start the analysis of the chosen slide with the loaded model (returns at once)."""
         if self.is_busy or self._closed:
             return False
-        if self.model is None:
+        s = self.session
+        if s.active_model is None:
             self.notify_error("Load a checkpoint first (Load checkpoint…).")
             return False
         try:
-            slide = self.current_slide()
-            if slide is None:
+            if s.active_slide is None:
                 self.notify_error("Open a slide first (File ▸ Open), then choose it here.")
                 return False
+            slide = s.slide().slide
             settings = self.make_settings(slide)
-            self.prepare_layers(slide)  # normally there already (added at checkpoint load)
+            self.prepare_layers()  # normally there already (added at checkpoint load)
         except (NapariMilError, OSError) as exc:
             self.notify_error(exc)
             return False
+        from ..session import ResultKey
         from .workers import start_run_worker
 
+        key = ResultKey(s.active_slide, s.active_model)
         run_fn = self.run_fn
-        if run_fn is None and self._extractor is not None and self._same_device(settings):
-            from functools import partial
+        if run_fn is None:
+            extractor = (self._extractor if self._extractor is not None
+                         and self._extractor_of == key.model and self._same_device(settings)
+                         else None)
 
-            from ..inference.run import run_slide
-
-            run_fn = partial(run_slide, extractor=self._extractor)
+            def run_fn(_slide, _model, *, settings=None):
+                return s.run_iter(key.slide, key.model, settings=settings, extractor=extractor,
+                                  commit=False)
 
         self._run_layers = set()
-        self._run_slide_layer = self.slide_combo.currentText()
-        self._run_slide_path = slide_path_of(self.current_slide_layer())
-        self._run_info = SimpleNamespace(slide_name=slide.name, slide_hash=slide.content_hash,
+        self._run_key = key
+        card = s.models[key.model].card
+        self._run_info = SimpleNamespace(slide_name=f"{key.slide} · {key.model}",
+                                         tissue_name=f"{key.slide} · {key.model}",
+                                         slide_hash=slide.content_hash,
                                          slide_dimensions=tuple(slide.dimensions),
                                          slide_mpp=float(slide.mpp or 1.0),
-                                         class_names=tuple(self.model.card.class_names))
+                                         class_names=tuple(card.class_names))
         builder = PayloadBuilder(self._run_info, normalisation=self.normalisation,
                                  colormap=self.colormap, top_k=self.gallery.k_spin.value(),
                                  slide=slide)
@@ -216,7 +211,8 @@ class RunControl:
         self._set_bar(0, 1)  # not the busy indicator: it animates, i.e. repaints all the time
         self.status_label.setText("Starting…")
         self.worker = start_run_worker(
-            slide, self.model, settings, on_yield=self._on_progress, on_return=self._on_done,
+            slide, s.models[key.model].model, settings, on_yield=self._on_progress,
+            on_return=self._on_done,
             on_error=self._on_error, on_abort=self._on_abort, on_finish=self._on_finish,
             run_fn=run_fn, builder=builder, on_warning=self._on_warning)
         return True
@@ -232,6 +228,8 @@ class RunControl:
     def cancel(self) -> None:
         """Stop the run at its next step; its partial values are taken out of the layers."""
         if self.worker is not None:
+            self._progress_timer.stop()  # no late progress (an old ETA) after this
+            self._pending_progress = None
             self.status_label.setText("Cancelling…")
             self.worker.quit()
 
@@ -336,16 +334,12 @@ class RunControl:
         self._partial_scheduled = False
         self._run_id += 1  # a partial update still queued is stale now
         self._ui_queue.clear()
-        self.set_result(result, redraw=False, lookup=outcome.lookup)
-        self._update_colorbar()
-        tuples = list(outcome.layers) or self.result_layer_tuples()
-        for t in tuples:
-            self._stage(lambda t=t: write_layer(self.viewer, *t))
+        key = self._run_key
         for t in outcome.tissue_layers:
+            t[1]["metadata"].update(session_slide=key.slide,
+                                    session_key=[key.slide, key.model])
             self._stage(lambda t=t: write_layer(self.viewer, *t))
-        keep = {kw["name"] for _d, kw, _k in [*tuples, *outcome.tissue_layers]}
-        self._stage(lambda: self._remove_unfilled(result.slide_name, keep))
-        self._stage(lambda: self.gallery.refresh(outcome.thumbnails or None))
+        self._stage(lambda: self._commit(key, result, outcome))
         self._run_layers = set()
         warned = (f" {len(self.run_warnings)} warning(s): {self.run_warnings[0]}"
                   if self.run_warnings else "")
@@ -353,12 +347,16 @@ class RunControl:
             f"Done: {sum(len(s) for s in result.scales.values())} tiles "
             f"in {result.elapsed_s:.1f} s.{warned}")
 
-    def _remove_unfilled(self, slide_name: str, keep: set[str]) -> None:
-        """Empty layers of this slide the result did not use (the model has no such output)."""
-        remove_layers(self.viewer, [
-            lyr.name for lyr in self.viewer.layers
-            if is_placeholder(lyr) and lyr.name not in keep
-            and str(lyr.name).startswith(f"{slide_name} · ")])
+    def _commit(self, key, result, outcome) -> None:
+        """The run's result into the session (main thread): its layers, the agreement dock
+        and every export follow from the session's ``result_added``."""
+        try:
+            self.session.add_result(key.slide, key.model, result)
+        except NapariMilError as exc:  # the slide was closed or changed meanwhile
+            self.notify_error(exc)
+            return
+        if outcome.thumbnails:
+            self.gallery.refresh(outcome.thumbnails)
 
     def _drop_run_layers(self) -> None:
         """Take a stopped run's values out of the viewer: its layers show the previous result
@@ -399,7 +397,6 @@ class RunControl:
         self.run_btn.setEnabled(True)
         self.cancel_btn.setEnabled(False)
         self._set_bar(1 if self.result is not None else 0, 1)
-        self._close_unused_slides()  # the run's slide may have been closed in the viewer
         if self._prepare_after_run:  # the model or the slide changed during the run
             self._prepare_after_run = False
             self._stage(self.prepare_layers)
@@ -429,3 +426,23 @@ class _CloseFilter(QObject):
             if on_close is not None:
                 on_close()
         return False
+
+
+def warm_extractor(model, device: str):
+    """The model's patch embedder, built and run once now (not at the press of Run: building
+    and the first batch hold the GIL for long and would stall the viewer during the run)."""
+    ref = model.card.extractor
+    if ref is None:
+        return None
+    try:
+        from ..device import resolve_device
+        from ..features import extract  # noqa: F401 - imported now, not mid-run
+        from ..features.registry import create_extractor
+        from ..inference.run import run_slide  # noqa: F401
+
+        extractor = create_extractor(ref.name, device=resolve_device(device))
+        size = int(extractor.input_size_px)
+        extractor.embed(np.full((1, size, size, 3), 255, np.uint8))
+    except Exception:  # noqa: BLE001 - run_slide builds it and reports what is wrong
+        return None
+    return extractor

@@ -65,15 +65,14 @@ class PayloadBuilder:
     def final(self, result) -> RunOutcome:
         if result is None:
             return RunOutcome(None)
-        from ..layers import result_layer_data, tissue_layer_data, top_k_indices
+        from ..layers import tissue_layer_data, top_k_indices
         from .evidence import TileLookup, read_tile
 
-        layers = result_layer_data(result, normalisation=self.normalisation,
-                                   colormap=self.colormap, top_k=self.top_k)
+        layers = ()  # the session's layer view draws the result (SessionLayers)
         tissue = ()
         if self._tissue is not None:
-            tissue = tuple(tissue_layer_data(self._tissue, result.slide_mpp,
-                                             slide_name=result.slide_name))
+            name = getattr(self.info, "tissue_name", result.slide_name)
+            tissue = tuple(tissue_layer_data(self._tissue, result.slide_mpp, slide_name=name))
         thumbs: dict[int, np.ndarray] = {}
         if self.slide is not None and result.scales and self.top_k:
             sm = result.finest_scale

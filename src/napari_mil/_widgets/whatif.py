@@ -51,16 +51,18 @@ class WhatIfPanel(QWidget):
     def regions_layer(self):
         """The shapes layer regions are drawn on (created, in level-0 px scaled to µm)."""
         viewer, result = self.dock.viewer, self.dock.result
-        slide = result.slide_name if result is not None else "slide"
+        sid = self.dock.session.active_slide
+        slide = sid or (result.slide_name if result is not None else "slide")
         name = f"{slide} · what-if regions"
         try:
             return viewer.layers[name]
         except (KeyError, ValueError):
             pass
         mpp = result.slide_mpp if result is not None else 1.0
-        layer = viewer.add_shapes(name=name, scale=(mpp, mpp), edge_color="yellow",
-                                  face_color=[1, 1, 0, 0.15], edge_width=4,
+        layer = viewer.add_shapes(name=name, scale=(mpp, mpp), units=("um", "um"),
+                                  edge_color="yellow", face_color=[1, 1, 0, 0.15], edge_width=4,
                                   metadata={"napari_mil": True, "kind": "what-if regions",
+                                            "session_slide": sid,
                                             "meaning": "regions to exclude / keep for what-if "
                                                        "re-scoring", "units": "level-0 px"})
         layer.mode = "add_polygon"
@@ -109,10 +111,19 @@ class WhatIfPanel(QWidget):
         self.last = {"mode": mode, "n_selected": int(inside.sum()), "baseline": base,
                      "probabilities": probs, "delta": probs - base, "elapsed_s": elapsed}
         dock.show_whatif(probs, f"what-if: {verb} {int(inside.sum())} tiles")
+        self._stop_drawing(layer)
         return self.last
+
+    @staticmethod
+    def _stop_drawing(layer) -> None:
+        """Back to pan/zoom: a click on a tile opens its evidence again, not a new vertex."""
+        layer.mode = "pan_zoom"
 
     def reset(self) -> None:
         self.last = None
         self.result_label.setText("")
+        name = f"{self.dock.session.active_slide} · what-if regions"
+        if name in self.dock.viewer.layers:
+            self._stop_drawing(self.dock.viewer.layers[name])
         if self.dock.result is not None:
             self.dock.show_whatif(None, "")

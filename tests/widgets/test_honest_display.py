@@ -1,0 +1,98 @@
+"""What the review shows is what the model saw: CS-MIL's concentric windows, a colour bar that
+describes the layer on screen, units on every layer, no drawing-mode trap."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from napari_mil._widgets.analysis_dock import AnalysisDock
+from napari_mil._widgets.session_layers import SessionLayers
+from napari_mil.io.samples import sample_file
+from napari_mil.session import ReviewSession
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture(scope="module")
+def csmil_run(review_slide):
+    """(slide path, model, result): the bundled CS-MIL run once on the lesion slide."""
+    s = ReviewSession()
+    sl = s.open_slide(review_slide[0])
+    entry = s.load_model(sample_file("model-csmil.safetensors"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the 20x embedder at 10x / 5x: known, not tested here
+        result = s.run(sl)
+    s.close()
+    return review_slide[0], entry.model, result
+
+
+@pytest.fixture
+def csmil_session(csmil_run):
+    """A fresh session (a viewer closing closes its session) holding the CS-MIL result."""
+    path, model, result = csmil_run
+    s = ReviewSession()
+    sl = s.open_slide(path)
+    s.add_model(model, sample_file("model-csmil.safetensors"))
+    s.add_result(sl, None, result)
+    return s
+
+
+def test_csmil_evidence_shows_concentric_windows(make_napari_viewer, csmil_session):
+    viewer = make_napari_viewer(show=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        SessionLayers.of(viewer, csmil_session)
+        dock = AnalysisDock(viewer)
+        viewer.window.add_dock_widget(dock)
+    assert not [w for w in caught if "Inconsistent units" in str(w.message)]
+    assert all(str(u) == "micrometer" for lyr in viewer.layers for u in lyr.units)
+    result = dock.result
+    sm = result.scales["20x"]
+    i = int(np.nanargmax(sm.attention))
+    x, y = sm.coords_xy[i] + sm.tile_size_level0 / 2
+    mpp = result.slide_mpp
+    dock.click_at(np.array([y - 0.5, x - 0.5]) * mpp)
+    windows = dock.evidence.windows
+    assert list(windows) == ["20x", "10x", "5x"]
+    for scale, (xy, size) in windows.items():
+        spec = result.scales[scale].scale
+        assert size == pytest.approx(spec.patch_size_px * spec.mpp / mpp)  # 506, 1013, 2026 px
+        assert xy[0] + size / 2 == pytest.approx(x, abs=1) and xy[1] + size / 2 == pytest.approx(
+            y, abs=1)  # concentric on the clicked tile
+    text = " ".join(lbl.text() for lbl in dock.evidence.findChildren(type(dock.card_label)))
+    assert "child tiles" not in text and "context window" in text
+    layer = viewer.layers["case-01 · model-csmil · evidence windows"]
+    assert len(layer.data) == 3 and tuple(str(u) for u in layer.units) == ("micrometer",) * 2
+
+
+def test_colour_bar_follows_the_selected_visible_layer(make_napari_viewer, csmil_session):
+    viewer = make_napari_viewer(show=True)
+    SessionLayers.of(viewer, csmil_session)
+    dock = AnalysisDock(viewer)
+    att = viewer.layers["case-01 · model-csmil · attention [10x]"]
+    att.visible = True
+    viewer.layers.selection.active = att
+    dock._update_colorbar()
+    assert dock.colorbar.colormap == getattr(att.colormap, "name", None) == "viridis"
+    assert "attention [10x]" in dock.colorbar.caption.text()
+    assert dock.colorbar.low.text() == f"{att.contrast_limits[0]:.3g}"
+    att.visible = False
+    dock._update_colorbar()
+    assert "attention [10x]" not in dock.colorbar.caption.text()
+
+
+def test_whatif_drawing_mode_ends_after_a_rescore(make_napari_viewer, csmil_session):
+    viewer = make_napari_viewer()
+    SessionLayers.of(viewer, csmil_session)
+    dock = AnalysisDock(viewer)
+    regions = dock.whatif.regions_layer()
+    assert regions.mode == "add_polygon" and str(regions.units[0]) == "micrometer"
+    sm = dock.result.scales["20x"]
+    x, y = sm.coords_xy[0]
+    size = sm.tile_size_level0
+    regions.add_rectangles([np.array([[y, x], [y + size, x + size]], float)])
+    assert dock.whatif.apply("exclude") is not None
+    assert regions.mode == "pan_zoom"  # a click on a tile opens its evidence again
