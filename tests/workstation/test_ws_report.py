@@ -123,7 +123,7 @@ def test_report_refuses_another_slide(reviewed_slide, make_slide, tmp_path, caps
     out = tmp_path / "r.html"
     assert main(["report", str(rpath), "--slide", str(other), "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "belongs to slide 'case-07'" in err and "Open the matching slide" in err
+    assert "belongs to slide 'case-07'" in err and "Give the slide 'case-07'" in err
     assert not out.exists()
 
 
@@ -132,7 +132,7 @@ def test_report_refuses_wrong_pixel_size(reviewed_slide, tmp_path, capsys):
     out = tmp_path / "r.html"
     assert main(["report", str(rpath), "--slide", str(slide), "--mpp", "0.25",
                  "--out", str(out)]) == 2
-    assert "--mpp 0.499" in capsys.readouterr().err
+    assert "at 0.499 µm/px" in capsys.readouterr().err
     assert not out.exists()
 
 
