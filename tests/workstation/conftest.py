@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from workstation_helpers import MPP, SIZE, analyse, lesion_image, truth_annotations
+from workstation_helpers import (
+    MPP,
+    SIZE,
+    analyse,
+    cohort_annotations,
+    lesion_image,
+    truth_annotations,
+)
 
 
 @pytest.fixture
@@ -44,7 +51,7 @@ def infer_folder(tmp_path_factory):
         paths.append(slides / f"{name}.svs")
     (slides / "case-04.svs").write_bytes(b"II*\x00" + b"\x00" * 64)  # damaged: fails
     paths.append(slides / "case-04.svs")
-    truth_annotations(slides / "case-02.geojson")
+    cohort_annotations(slides / "case-02.geojson")
     torch.manual_seed(0)
     model = create_model("abmil", in_dim=128)
     ckpt = save_model(model, make_card(model, extractor="cnn"), root / "abmil.safetensors")

@@ -88,3 +88,13 @@ def truth_annotations(path) -> AnnotationSet:
                           Annotation(shapely.Point(400, 400), "Immune cells")))
     write_annotations(anns, path, overwrite=True)
     return anns
+
+
+def cohort_annotations(path) -> AnnotationSet:
+    """'Tumor' over part of a cohort slide's tissue (1024 × 768 px), 'Other' beside it."""
+    anns = AnnotationSet((Annotation(shapely.box(300, 200, 700, 520), "Tumor",
+                                     class_color=(200, 0, 0)),
+                          Annotation(shapely.box(720, 200, 880, 600), "Other",
+                                     class_color=(255, 200, 0))))
+    write_annotations(anns, path, overwrite=True)
+    return anns

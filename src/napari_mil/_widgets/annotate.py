@@ -359,6 +359,15 @@ class AnnotateDock(QWidget):
         self.set_class(self.current_class)
         self._changed(before if record else None)
 
+    def show_saved(self, anns, source: Path | str | None = None) -> None:
+        """Show ``anns`` as what is saved (e.g. the slide's annotation file or a review's
+        annotations): not dirty, nothing to autosave, no undo step."""
+        self.load(anns, record=False)
+        self._saved_state = self._autosaved_state = self._state
+        if source is not None and Path(str(source)).suffix:
+            self.saved_path = Path(source)
+        self._say(f"{len(self._state)} annotations")
+
     def _on_data(self, event) -> None:
         if self._loading or getattr(event, "action", "changed") not in (
                 "added", "changed", "removed"):

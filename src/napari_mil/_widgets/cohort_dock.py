@@ -47,6 +47,10 @@ _STATE_COLOURS = {"agree": "#1a8f3a", "disagree": "#c62828", "unsure": "#b8860b"
 OpenSlide = Callable[[CohortEntry, Path, Path | None], Any]
 #: the tile under review: (scale, index, (x, y) level-0 px, size level-0 px) or None
 CurrentTile = Callable[[], tuple[str, int, tuple[int, int], float] | None]
+#: ``mark_tile(mark)`` ("agree" / "disagree" / None) in place of the dock's own CSV marks
+MarkTile = Callable[[str | None], Any]
+#: ``write_report() → path`` of the open slide in place of the dock's own
+WriteReport = Callable[[], Path]
 
 
 class CohortDock(QWidget):
@@ -54,12 +58,14 @@ class CohortDock(QWidget):
 
     def __init__(self, viewer, review: CohortReview | None = None, *,
                  open_slide: OpenSlide | None = None, search_dirs: Sequence[Path] = (),
-                 current_tile: CurrentTile | None = None, parent=None) -> None:
+                 current_tile: CurrentTile | None = None, mark_tile: MarkTile | None = None,
+                 write_report: WriteReport | None = None, parent=None) -> None:
         super().__init__(parent)
         self.viewer = viewer
         self.review: CohortReview | None = None
         self.search_dirs = [Path(d) for d in search_dirs]
         self.current_tile = current_tile
+        self._mark_cb, self._report_cb = mark_tile, write_report
         self.current_key: str | None = None
         self._open_cb = open_slide or self._default_opener()
         self._sort, self._descending = "slide", False
@@ -253,7 +259,15 @@ class CohortDock(QWidget):
         self.refresh()
 
     def mark_tile(self, mark: str | None) -> None:
-        """✓/✗ the current tile (from ``current_tile``), saved in the folder."""
+        """✓/✗ the current tile (from ``current_tile``), saved in the folder (or handed to
+        the ``mark_tile`` callback, e.g. a review session's marks)."""
+        if self._mark_cb is not None:
+            if self.review is None or self.current_key is None:
+                self._say("Open a slide first.")
+                return
+            self._guard(lambda: self._mark_cb(mark))
+            self.refresh()
+            return
         tile = self.current_tile() if self.current_tile else None
         if self.review is None or self.current_key is None or tile is None:
             self._say("Select a top-k tile first (next/previous tile keys).")
@@ -270,6 +284,11 @@ class CohortDock(QWidget):
             return None
         key = self.current_key
         out: list[Path] = []
+        if self._report_cb is not None:
+            self._guard(lambda: out.append(self._report_cb()))
+            if out:
+                self._say(f"Report written: {out[0]}")
+            return out[0] if out else None
 
         def do() -> None:
             from ..inference.result import load_result

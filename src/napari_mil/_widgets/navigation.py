@@ -48,11 +48,11 @@ __all__ = ["MiniMap", "NavigationDock", "canvas_size_hw", "heatmap_layers", "sli
 
 
 def slide_layer(viewer):
-    """The slide's image layer (multiscale RGB with an ``mpp`` in its metadata), or None."""
-    for layer in viewer.layers:
-        if getattr(layer, "rgb", False) and "mpp" in layer.metadata:
-            return layer
-    return None
+    """The slide's image layer (multiscale RGB with an ``mpp`` in its metadata; the visible
+    one when a review has several slides open), or None."""
+    slides = [layer for layer in viewer.layers
+              if getattr(layer, "rgb", False) and "mpp" in layer.metadata]
+    return next((layer for layer in slides if layer.visible), slides[0] if slides else None)
 
 
 def viewer_camera(viewer):
