@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import napari_mil as nm
-from conftest import simulate_bags
+from conftest import simulate_bags, simulate_zoom_bags
 from napari_mil._progress import collect, run_to_end
 from napari_mil.config import ScaleSpec
 from napari_mil.errors import CheckpointError, ConfigError
@@ -118,8 +118,6 @@ def test_checkpoint_gives_the_training_output_through_load_model_and_run(
 
 
 def test_multiscale_bags_refuse_standardisation():
-    from conftest import simulate_zoom_bags
-
     ds = BagDataset.from_bags(simulate_zoom_bags(n_bags=6))
     cfg = TrainConfig(model="zoommil", epochs=1, standardize=True, device="cpu")
     with pytest.raises(ConfigError, match="multi-scale bags"):

@@ -24,7 +24,7 @@ from .._types import PathLike
 from ..errors import CheckpointError, ConfigError, ExportError
 from ..io import SLIDE_SUFFIXES
 from ..io.atomic import atomic_write_csv, describe_write_error
-from ..io.dicom import dicom_series_file
+from ..io.dicom import dicom_series_file, identifying_file
 from ..io.identity import file_stamp
 from ..io.locks import LockBusy, exclusive_lock
 from .names import output_keys
@@ -201,7 +201,7 @@ def _triage(slides: Sequence[Path], keys: dict[Path, str], out: Path, recipe: Re
     for slide in slides:
         slide_dir = out / keys[slide]
         try:
-            stamp = file_stamp(slide)
+            stamp = file_stamp(identifying_file(slide))
         except OSError:
             stamp = None  # the worker reports it
         check = check_done(slide_dir, recipe, None, stamp)

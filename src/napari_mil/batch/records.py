@@ -114,6 +114,9 @@ def make_recipe(checkpoint: str | Path, settings: dict[str, Any] | None = None,
         ref = card.extractor.name if card is not None and card.extractor is not None else None
     ex_sha = None
     if weights is not None:
+        if not Path(weights).is_file():
+            raise ExtractorError(f"The weights file {weights} does not exist: give the encoder's "
+                                 "downloaded weights with --extractor-weights.")
         ex_sha = file_identity(weights, error=ExtractorError).sha
     elif ref is not None and Path(str(ref)).is_file():
         ex_sha = file_identity(ref, error=ExtractorError).sha

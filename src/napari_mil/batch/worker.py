@@ -22,6 +22,7 @@ from typing import Any
 from .._types import PathLike
 from ..errors import NapariMilError, SlideError
 from ..io.atomic import atomic_write_text, describe_write_error, is_write_fault
+from ..io.dicom import identifying_file
 from ..io.identity import file_identity, file_stamp
 from ..io.locks import LockBusy, exclusive_lock
 from .names import slide_key
@@ -176,7 +177,8 @@ def _process_locked(slide_path: str, checkpoint: str, slide_dir: Path,
     from ..inference.run import RunSettings, analyze_slide
     from ..io.slide import open_slide
 
-    identity = file_identity(slide_path)  # the whole file, hashed once per version
+    ident_file = identifying_file(slide_path)  # a DICOM series: its canonical file
+    identity = file_identity(ident_file)  # the whole file, hashed once per version
     check = check_done(slide_dir, recipe, identity)
     note = ""
     mine = run_id is not None and check.done is not None and check.done.get("run_id") == run_id
@@ -223,7 +225,7 @@ def _process_locked(slide_path: str, checkpoint: str, slide_dir: Path,
         else:
             ex = extractor_cached(model, extractor, device, extractor_weights)
             result = analyze_slide(slide, model, settings=run_settings, extractor=ex)
-        if result.slide_hash != identity.sha or file_stamp(slide_path) != identity.stamp:
+        if result.slide_hash != identity.sha or file_stamp(ident_file) != identity.stamp:
             raise SlideError(f"{slide_path} changed while it was analysed: wait until it is "
                              "completely written, then run again.")
         result = replace(result, provenance={

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from .._types import PathLike
 
-__all__ = ["DICOM_SUFFIXES", "dicom_files", "dicom_series_file", "is_dicom_file"]
+__all__ = ["DICOM_SUFFIXES", "dicom_files", "dicom_series_file", "identifying_file",
+           "is_dicom_file"]
 
 #: file extensions of DICOM files (any file with the ``DICM`` preamble counts too)
 DICOM_SUFFIXES = (".dcm", ".dicom")
@@ -55,3 +56,12 @@ def dicom_series_file(path: PathLike) -> Path | None:
         return None
     files = dicom_files(p.parent)
     return files[0] if files else p
+
+
+def identifying_file(path: PathLike) -> Path:
+    """The file whose content identifies the slide at ``path`` (as ``Slide.content_hash``
+    hashes it): a DICOM-WSI series folder's canonical file, else ``path`` itself."""
+    p = Path(path)
+    if p.is_dir():
+        return dicom_series_file(p) or p
+    return p
