@@ -214,3 +214,36 @@ def test_plugin_menu_docks_share_the_session(make_napari_viewer):
     link = ws_mod.WorkstationLink.of(viewer)
     assert link.cohort is cohort and link.annotate is annotate
     assert link.session is session_for(viewer)
+
+
+def test_view_shows_the_workstation_with_the_review_docks(reviewed_slide, infer_folder,
+                                                          make_napari_viewer, tmp_path, capsys):
+    """`napari-mil view --workstation`: the annotate dock edits the annotations given on the
+    command line and the navigation steps through the result's tiles; a bad --cohort folder is
+    refused before a window opens."""
+    from napari_mil._widgets import view_app
+    from napari_mil._widgets.workstation import add_workstation_docks
+    from napari_mil.cli.main import main
+
+    slide, rpath, ann = reviewed_slide
+    png = tmp_path / "view.png"
+    out, _slides = infer_folder
+    assert main(["view", str(slide), "--result", str(rpath), "--annotations", str(ann),
+                 "--workstation", "--cohort", str(out), "--screenshot", str(png)]) == 0
+    assert png.stat().st_size > 0
+    assert main(["view", str(slide), "--cohort", str(tmp_path), "--screenshot", str(png)]) == 2
+    assert "no summary.csv" in capsys.readouterr().err
+    viewer, _analysis, agreement = view_app.open_review(slide, result=rpath, annotations=[ann],
+                                                        show=False)
+    try:
+        ws = add_workstation_docks(viewer)
+        assert ws.session is agreement.session
+        assert ws.annotate.slide.name == ws.session.active_slide
+        assert len(ws.annotate.annotations()) == len(ws.session.annotations_of())
+        tile = ws.navigation.step_tile(1)
+        assert tile is not None and tile.scale in ws.session.result().scales
+        view_app.wait_idle(agreement)
+        assert agreement.table.rowCount() == len(ws.session.result().tile_values())
+    finally:
+        view_app.wait_idle(agreement)
+        viewer.close()

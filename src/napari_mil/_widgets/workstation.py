@@ -31,7 +31,7 @@ from .navigation import NavigationDock
 from .session_layers import VIEWER_SHAPES, SessionLayers
 
 __all__ = ["Workstation", "WorkstationLink", "AnnotatedSlide", "add_workstation_docks",
-           "open_workstation", "run_event_loop", "save_window_png", "cohort_widget",
+           "open_workstation", "add_review_docks", "run_event_loop", "save_window_png", "cohort_widget",
            "navigation_widget", "annotate_widget"]
 
 _ATTR = "_napari_mil_workstation"
@@ -331,11 +331,25 @@ def annotate_widget(napari_viewer) -> AnnotateDock:
     return WorkstationLink.of(napari_viewer).annotate
 
 
+def add_review_docks(viewer):
+    """The *MIL analysis* and *Annotations & agreement* docks on the viewer's session (tabbed
+    on the right); returns them."""
+    from .analysis_dock import AnalysisDock
+    from .annotations_dock import AnnotationsDock
+
+    analysis, agreement = AnalysisDock(viewer), AnnotationsDock(viewer)
+    viewer.window.add_dock_widget(analysis, name="MIL analysis", area="right")
+    viewer.window.add_dock_widget(agreement, name="Annotations & agreement", area="right",
+                                  tabify=True)
+    return analysis, agreement
+
+
 def open_workstation(results: Path | str, search_dirs: Sequence[Path | str] = (), *,
                      show: bool = True, first: bool = False,
                      window_size: tuple[int, int] = (1500, 950)):
-    """A napari window with the workstation docks on ``results`` (an ``infer`` folder, checked
-    before the window opens); ``first`` opens the first slide with a result."""
+    """A napari window with the review docks and the workstation docks on one session, on
+    ``results`` (an ``infer`` folder, checked before the window opens); ``first`` opens the
+    first slide with a result."""
     import napari
 
     from ..cohort_review import CohortReview
@@ -343,6 +357,7 @@ def open_workstation(results: Path | str, search_dirs: Sequence[Path | str] = ()
     review = CohortReview.open(results)  # a bad folder fails before any window exists
     viewer = napari.Viewer(title=f"napari-mil review — {Path(results).name}", show=show)
     viewer.window._qt_window.resize(*window_size)
+    add_review_docks(viewer)
     ws = add_workstation_docks(viewer, None, search_dirs)
     ws.cohort.set_review(review)
     if first:
