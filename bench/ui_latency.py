@@ -1,4 +1,12 @@
-"""UI responsiveness of the analysis dock while a full-slide run executes (CPU).
+"""UI responsiveness of the review docks: every action of a review and a full run (CPU).
+
+``--actions`` (the default) opens a 60,000 × 45,000 px slide at 0.25 µm/px (a sparse island
+slide: glass with three generated tissue islands, one with a macro lesion) and measures the
+event-loop stalls of each action a reviewer takes, through the docks' own code paths:
+open slide, load checkpoint, full run, agreement, threshold-slider step, normalisation change,
+tiles export, ROI crops export and layer removal (forgetting a model). Each action is timed
+from the click until its effect is in the viewer, ``--reps`` times (median reported), with the
+idle viewer as the baseline (the ratio). ``--run-only`` keeps the older single-run bench below.
 
 Measures, on a generated slide with lesions and the sample model (``sample_data/model-abmil``
 when present, else a linear probe fitted here on the slide's ``cnn-20x``/``cnn`` features):
@@ -12,7 +20,8 @@ when present, else a linear probe fitted here on the slide's ``cnn-20x``/``cnn``
 - what-if re-scoring on 20k tiles (10 % excluded) with the model; baseline: the same model on
   the full bag. Target < 100 ms.
 
-    python bench/ui_latency.py [--quick]         # prints a table, writes results/ui_latency.json
+    python bench/ui_latency.py [--quick] [--reps N]   # actions: results/ui_latency_actions.json
+    python bench/ui_latency.py --run-only [--quick]   # one run: results/ui_latency.json
 
 Needs a display: run under ``xvfb-run -a`` (or QT_QPA_PLATFORM=offscreen).
 """
@@ -221,13 +230,193 @@ def measure_whatif(model_path: Path, n: int = 20000, reps: int = 15) -> dict:
         "architecture": model.card.architecture}
 
 
+# ---------------------------------------------------------------------------- actions
+ACTIONS = ("open_slide", "load_checkpoint", "full_run", "agreement", "threshold_step",
+           "normalisation", "export_tiles", "export_crops", "remove_model")
+
+
+def _island_slide(root: Path, size_hw: tuple[int, int]):
+    """A sparse slide of ``size_hw`` (h, w) at 0.25 µm/px: glass with two 4096 px tissue
+    islands, one of them with a macro lesion (its truth written as GeoJSON)."""
+    from napari_mil.synthetic import SyntheticSlideSpec
+    from napari_mil.synthetic.islands import Island, generate_island_slide
+
+    h, w = size_hw
+    side = 4096
+    spots = [(w // 4, h // 3), (2 * w // 3, h // 2)]
+    islands = [Island((min(x, w - side), min(y, h - side)),
+                      SyntheticSlideSpec((side, side), seed=7 + i, n_tissue_pieces=1,
+                                         faint_tissue=False,
+                                         lesion_type="macro" if i == 1 else "none",
+                                         n_lesions=1 if i == 1 else 0, mpp=0.25))
+               for i, (x, y) in enumerate(spots)]
+    path = root / "island_slide.svs"
+    generate_island_slide(path, islands, (h, w), overwrite=True)
+    truth = root / "island_truth.geojson"
+    _write_truth(islands[1], truth)
+    return path, truth
+
+
+def _write_truth(island, path: Path) -> None:
+    """The lesion island's truth, moved to slide coordinates (QuPath GeoJSON)."""
+    from shapely.geometry import Polygon
+
+    from napari_mil.io.annotations import AnnotationSet, write_annotations
+    from napari_mil.io.annotations.model import Annotation
+    from napari_mil.synthetic.slides import ground_truth
+
+    ox, oy = island.origin_xy
+    anns = [Annotation(geometry=Polygon(t.xy + [ox, oy]), class_name=t.classification)
+            for t in ground_truth(island.spec)["lesions"]]
+    write_annotations(AnnotationSet(tuple(anns)), path, format="geojson", overwrite=True)
+
+
+def _measure(action, done, timeout_s: float = RUN_TIMEOUT_S) -> dict:
+    """Stalls of the event loop from ``action()`` (called from inside the loop) until
+    ``done()`` is true, with the PROBE_MS timer; plus the wall time of the action."""
+    from qtpy.QtCore import QEventLoop, Qt, QTimer
+
+    ticks: list[float] = []
+    started: list[float] = []
+    loop = QEventLoop()
+
+    def tick() -> None:
+        ticks.append(time.perf_counter())
+        if started and done():
+            loop.quit()
+
+    def start() -> None:
+        started.append(time.perf_counter())
+        action()
+
+    timer = QTimer()
+    timer.setTimerType(Qt.TimerType.PreciseTimer)
+    timer.setInterval(PROBE_MS)
+    timer.timeout.connect(tick)
+    QTimer.singleShot(int(timeout_s * 1000), loop.quit)
+    QTimer.singleShot(4 * PROBE_MS, start)
+    timer.start()
+    loop.exec_()
+    timer.stop()
+    st = _stalls(ticks)
+    return {"seconds": time.perf_counter() - started[0] if started else None,
+            "stall_max_ms": float(st.max()) if len(st) else 0.0,
+            "stall_p95_ms": float(np.percentile(st, 95)) if len(st) else 0.0,
+            "ticks": len(ticks), "done": bool(started and done())}
+
+
+def review_round(slide_path: Path, truth: Path, ckpts: list[Path], out: Path) -> dict:
+    """One reviewer's round in a fresh viewer: every action measured once."""
+    import napari
+
+    from napari_mil._widgets.analysis_dock import AnalysisDock
+    from napari_mil._widgets.annotations_dock import AnnotationsDock
+
+    viewer = napari.Viewer(show=True)
+    analysis, anns = AnalysisDock(viewer), AnnotationsDock(viewer)
+    viewer.window.add_dock_widget(analysis, name="MIL analysis")
+    viewer.window.add_dock_widget(anns, name="Annotations and agreement", tabify=True)
+    analysis.settings_overrides = {"device": "cpu", "use_cache": False}
+    s = analysis.session
+    res: dict[str, dict] = {}
+    res["open_slide"] = _measure(lambda: analysis.open_slide(slide_path, block=False),
+                                 lambda: bool(s.slides) and not analysis._adopting)
+    for i, ckpt in enumerate(ckpts):
+        n = len(s.models)
+        r = _measure(lambda c=ckpt: analysis.load_checkpoint(c, block=False),
+                     lambda n=n: len(s.models) > n and analysis.checkpoint_btn.isEnabled()
+                     and not analysis.is_busy)
+        res.setdefault("load_checkpoint", r if i == 0 else res["load_checkpoint"])
+        r = _measure(analysis.run, lambda: not analysis.is_busy)
+        if analysis.last_error:
+            raise RuntimeError(analysis.last_error)
+        r["tiles"] = sum(len(m) for m in analysis.result.scales.values())
+        res.setdefault("full_run", r)
+    s.load_annotations(truth)
+    res["agreement"] = _measure(lambda: anns.compute(block=False),
+                                lambda: bool(anns.rows) and not anns.is_busy)
+    res["threshold_step"] = _measure(lambda: anns.threshold.setValue(anns.threshold.value() - 5),
+                                     lambda: not anns.is_busy and anns.rows
+                                     and anns.rows[0].report.threshold
+                                     == anns.threshold.value() / 100)
+    res["normalisation"] = _measure(lambda: analysis.norm_combo.setCurrentText("percentile"),
+                                    lambda: True)
+    res["export_tiles"] = _measure(lambda: anns.run_export(anns.export_tiles,
+                                                           out / f"tiles-{time.time_ns()}.csv"),
+                                   lambda: not anns.is_busy)
+    res["export_crops"] = _measure(lambda: anns.run_export(anns.export_crops,
+                                                           out / f"crops-{time.time_ns()}"),
+                                   lambda: not anns.is_busy)
+    first = next(iter(s.models))
+    res["remove_model"] = _measure(lambda: s.remove_model(first),
+                                   lambda: not any(f" · {first} " in lyr.name
+                                                   for lyr in viewer.layers))
+    viewer.close()
+    return res
+
+
+def main_actions(args) -> int:
+    from napari_mil.io.samples import sample_file
+
+    size_hw = (45_000, 60_000) if not args.quick else (12_000, 16_000)
+    reps = args.reps or (2 if args.quick else 5)
+    ckpts = [sample_file("model-abmil.safetensors"), sample_file("model-zoommil.safetensors")]
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        t0 = time.perf_counter()
+        slide_path, truth = _island_slide(root, size_hw)
+        make_s = time.perf_counter() - t0
+        from napari.qt import get_qapp
+
+        get_qapp()  # the Qt application (and napari's start-up costs) before the baseline
+        idle = measure_idle(5.0)
+        rounds = [review_round(slide_path, truth, ckpts, root) for _ in range(reps)]
+    summary = {}
+    for a in ACTIONS:
+        rs = [r[a] for r in rounds if a in r]
+        summary[a] = {k: statistics.median([r[k] for r in rs])
+                      for k in ("seconds", "stall_max_ms", "stall_p95_ms")}
+        summary[a]["all_done"] = all(r["done"] for r in rs)
+        summary[a]["p95_ratio_vs_idle"] = summary[a]["stall_p95_ms"] / max(
+            idle["stall_p95_ms"], 0.1)
+    rows = [("action", "seconds", "stall max ms", "stall p95 ms", "p95/idle", "ok (<100, <20)")]
+    for a, v in summary.items():
+        ok = v["stall_max_ms"] < 100 and v["stall_p95_ms"] < 20 and v["all_done"]
+        rows.append((a, f"{v['seconds']:.2f}", f"{v['stall_max_ms']:.1f}",
+                     f"{v['stall_p95_ms']:.1f}", f"{v['p95_ratio_vs_idle']:.1f}",
+                     "yes" if ok else "NO"))
+    rows.append(("(idle baseline)", "5.00", f"{idle['stall_max_ms']:.1f}",
+                 f"{idle['stall_p95_ms']:.1f}", "1.0", ""))
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)))
+    payload = {"bench": "ui_latency.actions", "quick": args.quick, "slide_hw_px": size_hw,
+               "slide_mpp": 0.25, "reps": reps, "models": [c.name for c in ckpts],
+               "make_slide_s": make_s, "python": sys.version.split()[0],
+               "machine": platform.platform(), "cpu_count": os.cpu_count(),
+               "targets": {"stall_max_ms": 100.0, "stall_p95_ms": 20.0},
+               "idle": idle, "summary": summary, "rounds": rounds}
+    from napari_mil.io.atomic import atomic_write_text
+
+    out = args.out if args.out.name != "ui_latency.json" else args.out.with_name(
+        "ui_latency_actions.json")
+    atomic_write_text(out, json.dumps(payload, indent=2, default=float), overwrite=True)
+    print(f"wrote {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--run-only", action="store_true",
+                    help="the single-run bench (a 16384² slide, the run only)")
+    ap.add_argument("--reps", type=int, default=None, help="review rounds (default 5)")
     ap.add_argument("--quick", action="store_true", help="small slide, 2 runs (a smoke test)")
     ap.add_argument("--size", type=int, default=None, help="slide side in px (0.25 µm/px)")
     ap.add_argument("--runs", type=int, default=None)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "ui_latency.json")
     args = ap.parse_args(argv)
+    if not args.run_only:
+        return main_actions(args)
     # full: 16384² (≈ 170 tissue tiles); on an 8192² slide a run lasts ≈ 0.4 s, so the fixed
     # cost of a first run's layer updates dominates its p95 (recorded as worst_run_* anyway)
     size = args.size or (2048 if args.quick else 16384)

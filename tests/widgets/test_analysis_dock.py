@@ -242,3 +242,17 @@ def test_error_mid_run_is_notified_and_leaves_no_half_layer(dock_setup, qtbot) -
     assert "re-export the slide" in dock.last_error
     assert [lyr.name for lyr in viewer.layers] == names_before
     assert dock.result is None and dock.run_btn.isEnabled()
+
+
+def test_checkpoint_loads_in_a_worker_and_its_layers_arrive_staged(
+        make_napari_viewer, lesion_slide, tiny_checkpoint, qtbot) -> None:
+    viewer = make_napari_viewer()
+    add_slide_layer(viewer, lesion_slide[0])
+    dock = AnalysisDock(viewer)
+    assert dock.load_checkpoint(tiny_checkpoint, block=False)  # returns at once
+    assert not dock.checkpoint_btn.isEnabled()
+    qtbot.waitUntil(lambda: dock.session.active_model == "tiny" and not dock.is_busy
+                    and dock.checkpoint_btn.isEnabled(), timeout=60000)
+    layer = viewer.layers["lesion · tiny · instance scores [20x]"]
+    assert layer.metadata["placeholder"] and layer.metadata["session_slide"] == "lesion"
+    assert "minet" in dock.card_label.text()

@@ -22,7 +22,7 @@ RUN_TIMEOUT_MS = 180_000
 def _docks(viewer):
     analysis, annotations = AnalysisDock(viewer), AnnotationsDock(viewer)
     viewer.window.add_dock_widget(analysis, name="MIL analysis", area="right")
-    viewer.window.add_dock_widget(annotations, name="Annotations & agreement", area="right")
+    viewer.window.add_dock_widget(annotations, name="Annotations and agreement", area="right")
     analysis.settings_overrides = {"use_cache": False, "num_workers": 1}
     return analysis, annotations
 
@@ -151,6 +151,8 @@ def test_no_stale_layer_after_a_model_switch_and_no_name_collision(
         if key and not meta.get("placeholder"):
             assert ResultKey(*key) in session.results, layer.name  # nothing orphaned
         assert not re.search(r" \[\d+\]$", layer.name), layer.name  # napari never renamed one
+    # ZoomMIL's partial 5x scores do not outlive its run (its result has attention only)
+    assert not [lyr.name for lyr in viewer.layers if f" · {z} · instance scores" in lyr.name]
     visible = [lyr.name for lyr in viewer.layers if lyr.visible
                and lyr.metadata.get("kind") in ("instance scores", "attention", "top-k")]
     assert visible and all(f" · {z} · " in n for n in visible)

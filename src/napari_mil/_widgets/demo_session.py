@@ -16,7 +16,7 @@ from pathlib import Path
 from ..errors import NapariMilError
 from ..io.atomic import atomic_write_text
 from ..io.samples import SAMPLE_SLIDE, sample_dir, sample_file
-from .view_app import add_layer_tuples, open_session, save_screenshot, settle
+from .view_app import open_session, save_screenshot, settle
 
 #: the checkpoint the demo runs when none is given
 DEFAULT_MODEL = "model-abmil.safetensors"
@@ -107,12 +107,10 @@ def _real_slide_part(slide_path: Path, model_path: Path | None, out: Path, ow: b
 def _synthetic_part(model_path: Path, out: Path, ow: bool) -> list[Path]:
     """A synthetic slide with micro and macro lesions: agreement with the truth, exports."""
     from .._sample_data import _ensure_synthetic, sample_cache_dir
-    from ..compare import agreement_table
     from ..export.heatmap import write_heatmap_tiff
     from ..export.rois import export_rois, rois_from_top_k
     from ..export.tables import write_tiles_csv, write_tiles_geojson
     from ..io.annotations import read_annotations
-    from ..io.annotations.napari_convert import annotations_to_layer_data
 
     slide_path, _spec = _ensure_synthetic(sample_cache_dir())
     truth_path = slide_path.with_suffix(".geojson")
@@ -122,15 +120,15 @@ def _synthetic_part(model_path: Path, out: Path, ow: bool) -> list[Path]:
     _window_size(viewer)
     dock = _analyse(viewer, model_path)
     result = dock.result
-    add_layer_tuples(viewer, annotations_to_layer_data(
-        truth.filter(classes=classes), mpp=result.slide_mpp, name="ground-truth lesions"))
+    session = dock.session  # the run is in the review session: its layers, agreement, exports
+    session.set_annotations(None, truth.filter(classes=classes), source=str(truth_path))
     written = [save_screenshot(viewer, out / "05_synthetic_lesions_vs_model.png", overwrite=ow)]
     maps = result.tile_values()
-    table = agreement_table(maps, truth, positive_classes=classes)
+    rows = session.agreement()
     report = {"slide": result.slide_name, "model": result.model_card.get("architecture"),
               "probabilities": dict(zip(result.class_names, map(float, result.probabilities),
                                         strict=True)),
-              "positive_classes": classes, "agreement": [r.to_dict() for r in table]}
+              "positive_classes": classes, "agreement": [r.to_dict() for r in rows]}
     written.append(atomic_write_text(out / "agreement.json", json.dumps(report, indent=1),
                                      overwrite=ow))
     exports = out / "exports"

@@ -107,6 +107,21 @@ class RunControl:
         remove_layers(self.viewer, stale)
         return add_missing_layers(self.viewer, tuples)
 
+    def prepare_layers_staged(self) -> None:
+        """:meth:`prepare_layers`, one layer per event-loop turn: creating layers is what
+        stalls napari, so the viewer paints and takes input between two of them."""
+        try:
+            tuples = self.placeholder_tuples()
+        except NapariMilError:
+            return
+        names = {kw["name"] for _d, kw, _k in tuples}
+        stale = [lyr.name for lyr in self.viewer.layers
+                 if is_placeholder(lyr) and lyr.name not in names]
+        if stale:
+            self._stage(lambda: remove_layers(self.viewer, stale))
+        for t in tuples:
+            self._stage(lambda t=t: add_missing_layers(self.viewer, [t]))
+
     # ------------------------------------------------------------------ running
     @property
     def is_running(self) -> bool:
@@ -185,6 +200,7 @@ class RunControl:
         card = s.models[key.model].card
         self._run_info = SimpleNamespace(slide_name=f"{key.slide} · {key.model}",
                                          tissue_name=f"{key.slide} · {key.model}",
+                                         session_slide=key.slide,
                                          slide_hash=slide.content_hash,
                                          slide_dimensions=tuple(slide.dimensions),
                                          slide_mpp=float(slide.mpp or 1.0),
@@ -339,7 +355,8 @@ class RunControl:
             t[1]["metadata"].update(session_slide=key.slide,
                                     session_key=[key.slide, key.model])
             self._stage(lambda t=t: write_layer(self.viewer, *t))
-        self._stage(lambda: self._commit(key, result, outcome))
+        partial_names = set(self._run_layers)
+        self._stage(lambda: self._commit(key, result, outcome, partial_names))
         self._run_layers = set()
         warned = (f" {len(self.run_warnings)} warning(s): {self.run_warnings[0]}"
                   if self.run_warnings else "")
@@ -347,14 +364,17 @@ class RunControl:
             f"Done: {sum(len(s) for s in result.scales.values())} tiles "
             f"in {result.elapsed_s:.1f} s.{warned}")
 
-    def _commit(self, key, result, outcome) -> None:
+    def _commit(self, key, result, outcome, partial_names: set[str] = frozenset()) -> None:
         """The run's result into the session (main thread): its layers, the agreement dock
-        and every export follow from the session's ``result_added``."""
+        and every export follow from the session's ``result_added``. Partial layers the
+        result has no counterpart for (e.g. ZoomMIL's early 5x scores) go."""
         try:
             self.session.add_result(key.slide, key.model, result)
         except NapariMilError as exc:  # the slide was closed or changed meanwhile
             self.notify_error(exc)
             return
+        remove_layers(self.viewer, [n for n in partial_names if n in self.viewer.layers
+                                    and self.viewer.layers[n].metadata.get("partial")])
         if outcome.thumbnails:
             self.gallery.refresh(outcome.thumbnails)
 

@@ -58,8 +58,10 @@ class PayloadBuilder:
             return RunUpdate(progress)
         tuples = instance_score_layer_data(self.info, part, normalisation=self.normalisation,
                                            colormap=self.colormap)
+        sid = getattr(self.info, "session_slide", None)
         for _data, kwargs, _kind in tuples:
             kwargs["metadata"]["partial"] = True
+            kwargs["metadata"]["session_slide"] = sid
         return RunUpdate(progress, tuple(tuples))
 
     def final(self, result) -> RunOutcome:

@@ -239,6 +239,7 @@ class SessionLayers:
             layer = write_layer(self.viewer, data, kwargs, kind)
             meta = {**layer.metadata, **kwargs["metadata"]}
             meta.pop("placeholder", None)
+            meta.pop("partial", None)
             layer.metadata = meta
         stale = [lyr.name for lyr in self.layers_of(key.slide)
                  if (key_of(lyr) == key or self._is_placeholder_of(lyr, key))

@@ -145,7 +145,7 @@ def open_review(slide: Path | None = None, *, checkpoints: Sequence[Path] = (),
         SessionLayers.of(viewer, session)
         analysis, anns = AnalysisDock(viewer), AnnotationsDock(viewer)
         viewer.window.add_dock_widget(analysis, name="MIL analysis", area="right")
-        viewer.window.add_dock_widget(anns, name="Annotations & agreement", area="right",
+        viewer.window.add_dock_widget(anns, name="Annotations and agreement", area="right",
                                       tabify=True)
     except BaseException:
         viewer.close()
