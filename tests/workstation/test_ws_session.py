@@ -172,12 +172,21 @@ def test_session_file_is_a_slide_list(make_napari_viewer, infer_folder, tmp_path
     s.close()
     viewer = make_napari_viewer()
     ws = add_workstation_docks(viewer, None, prompt=lambda kind, _m: "discard")
-    ws.link.open_session_file(sfile)
+    ws.cohort.load_folder(sfile)  # the cohort dock opens the session file: its slides
     assert list(ws.session.slides) == ["case-01", "case-03"]
+    assert [ws.cohort.table.item(r, 0).text() for r in range(ws.cohort.table.rowCount())] == [
+        "case-01", "case-03"]
+    assert ws.cohort.review.folder == tmp_path / "review.napari-mil.review"
     assert ws.annotate.slide.name == "case-01"
     assert ws.link.step_slide(1) == "case-03" and ws.annotate.slide.name == "case-03"
     assert ws.link.step_slide(1) == "case-03"  # the end of the list
     assert ws.link.step_slide(-1) == "case-01"
+    ws.cohort.open_key("case-03")  # opened from the table: the session's own slide and result
+    assert ws.session.active_slide == "case-03" and len(ws.session.slides) == 2
+    ws.cohort.set_verdict("agree")
+    assert ws.cohort.progress_label.text().startswith("1 of 2 reviewed")
+    assert (ws.cohort.review.folder / VERDICTS_CSV).is_file()
+    ws.cohort.open_key("case-01")
     report = ws.link.write_report(tmp_path / "dock.html")
     assert _report_data(report)["gallery"] is not None
     marks = {f"{g['scale']}:{g['index']}": g["mark"] for g in _report_data(report)["gallery"]

@@ -107,7 +107,8 @@ class WorkstationLink:
                                       search_dirs=self.search_dirs,
                                       current_tile=self._current_tile,
                                       mark_tile=self.mark_current_tile,
-                                      write_report=self.write_report)
+                                      write_report=self.write_report,
+                                      open_session=self.open_session_cohort)
         return self._cohort
 
     # ------------------------------------------------------------------ slides
@@ -152,6 +153,14 @@ class WorkstationLink:
             raise CancelledError("Stayed: the drawn annotations are not saved.")
         self.cohort_keys.clear()
         self.session.restore(path)
+
+    def open_session_cohort(self, path: Path | str):
+        """Restore a session file and list its slides in the cohort dock (a
+        :class:`~napari_mil.cohort_review.CohortReview` of the session)."""
+        from ..cohort_review import CohortReview
+
+        self.open_session_file(path)
+        return CohortReview.from_session(self.session, path)
 
     def step_slide(self, n: int) -> str | None:
         """Next (``n=1``) / previous slide: the cohort's table when a cohort slide is open,
@@ -282,6 +291,8 @@ class WorkstationLink:
         ckey = self.cohort_keys.get(entry.id)
         if review is not None and ckey is not None and review.entry(ckey).result_path:
             result_path = Path(review.entry(ckey).result_path)
+            if result_path.suffix.lower() == ".json":  # a session cohort: no result file
+                result_path = None
         if path is None:
             path = (result_path.parent / REPORT_NAME if result_path is not None
                     else entry.path.with_name(f"{entry.path.stem}.{REPORT_NAME}"))
