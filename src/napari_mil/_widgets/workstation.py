@@ -31,8 +31,8 @@ from .navigation import NavigationDock
 from .session_layers import VIEWER_SHAPES, SessionLayers
 
 __all__ = ["Workstation", "WorkstationLink", "AnnotatedSlide", "add_workstation_docks",
-           "open_workstation", "add_review_docks", "run_event_loop", "save_window_png", "cohort_widget",
-           "navigation_widget", "annotate_widget"]
+           "open_workstation", "add_review_docks", "run_event_loop", "save_window_png",
+           "cohort_widget", "navigation_widget", "annotate_widget"]
 
 _ATTR = "_napari_mil_workstation"
 REPORT_NAME = "review_report.html"

@@ -15,9 +15,9 @@ from .html import DATA_SCRIPT_ID, render_html
 from .pdf import find_pdf_converter, html_to_pdf
 from .session_report import build_session_report, session_report_settings
 
-__all__ = ["DATA_SCRIPT_ID", "ReportSettings", "ReviewReport", "build_report", "build_session_report",
-           "check_result_matches_slide", "find_pdf_converter", "html_to_pdf", "render_html", "session_report_settings",
-           "write_report"]
+__all__ = ["DATA_SCRIPT_ID", "ReportSettings", "ReviewReport", "build_report",
+           "build_session_report", "check_result_matches_slide", "find_pdf_converter",
+           "html_to_pdf", "render_html", "session_report_settings", "write_report"]
 
 
 def write_report(report: ReviewReport, path: PathLike, *, overwrite: bool = False) -> Path:
