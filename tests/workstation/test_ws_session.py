@@ -198,6 +198,16 @@ def test_session_file_is_a_slide_list(make_napari_viewer, infer_folder, tmp_path
     assert a["gallery"] == b["gallery"] and a["probabilities"] == b["probabilities"]
     assert main(["report", str(sfile), "--slide", "case-09", "--out",
                  str(tmp_path / "x.html")]) == 2
+    # closing the slide being annotated (e.g. from the analysis dock) takes its drawing layers;
+    # the dock follows the slide that becomes active, and stops with the last one
+    ws.cohort.open_key("case-01")
+    assert ws.annotate.slide.name == "case-01"
+    ws.session.close_slide("case-01")
+    assert ws.annotate.slide.name == "case-03"
+    assert not [lyr for lyr in viewer.layers if lyr.name.startswith("case-01")]
+    ws.session.close_slide("case-03")
+    assert ws.annotate.slide is None and ws.annotate.shapes is None
+    assert not [lyr for lyr in viewer.layers if lyr.name.startswith("case-03")]
 
 
 def test_plugin_menu_docks_share_the_session(make_napari_viewer):

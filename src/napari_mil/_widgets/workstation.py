@@ -186,8 +186,8 @@ class WorkstationLink:
     def _on_slide_removed(self, sid: str) -> None:
         self.cohort_keys.pop(sid, None)
         if sid == self.annotating and self._annotate is not None:
-            self._annotate._remove_layers()
-            self._annotate.slide, self.annotating = None, None
+            self._annotate.clear_slide()
+            self.annotating = None
 
     def _follow(self, sid: str) -> None:
         """Let the annotate dock edit slide ``sid``'s session annotations."""
