@@ -236,7 +236,7 @@ def test_plugin_menu_docks_share_the_session(make_napari_viewer):
 
 
 def test_view_shows_the_workstation_with_the_review_docks(reviewed_slide, infer_folder,
-                                                          make_napari_viewer, tmp_path, capsys):
+                                                          qapp, tmp_path, capsys):
     """`napari-mil view --workstation`: the annotate dock edits the annotations given on the
     command line and the navigation steps through the result's tiles; a bad --cohort folder is
     refused before a window opens."""
