@@ -235,34 +235,26 @@ def test_plugin_menu_docks_share_the_session(make_napari_viewer):
     assert link.session is session_for(viewer)
 
 
-def test_view_shows_the_workstation_with_the_review_docks(reviewed_slide, infer_folder,
-                                                          qapp, tmp_path, capsys):
-    """`napari-mil view --workstation`: the annotate dock edits the annotations given on the
-    command line and the navigation steps through the result's tiles; a bad --cohort folder is
-    refused before a window opens."""
+def test_workstation_docks_on_a_review_in_progress(reviewed_slide, make_napari_viewer):
+    """`napari-mil view --workstation`'s wiring: docks added to a session that already holds a
+    slide, its result and annotations — the annotate dock edits those annotations and the
+    navigation steps through the result's tiles."""
     from napari_mil._widgets import view_app
-    from napari_mil._widgets.workstation import add_workstation_docks
-    from napari_mil.cli.main import main
+    from napari_mil._widgets.session_layers import session_for
+    from napari_mil._widgets.workstation import add_review_docks, add_workstation_docks
 
     slide, rpath, ann = reviewed_slide
-    png = tmp_path / "view.png"
-    out, _slides = infer_folder
-    assert main(["view", str(slide), "--result", str(rpath), "--annotations", str(ann),
-                 "--workstation", "--cohort", str(out), "--screenshot", str(png)]) == 0
-    assert png.stat().st_size > 0
-    assert main(["view", str(slide), "--cohort", str(tmp_path), "--screenshot", str(png)]) == 2
-    assert "no summary.csv" in capsys.readouterr().err
-    viewer, _analysis, agreement = view_app.open_review(slide, result=rpath, annotations=[ann],
-                                                        show=False)
-    try:
-        ws = add_workstation_docks(viewer)
-        assert ws.session is agreement.session
-        assert ws.annotate.slide.name == ws.session.active_slide
-        assert len(ws.annotate.annotations()) == len(ws.session.annotations_of())
-        tile = ws.navigation.step_tile(1)
-        assert tile is not None and tile.scale in ws.session.result().scales
-        view_app.wait_idle(agreement)
-        assert agreement.table.rowCount() == len(ws.session.result().tile_values())
-    finally:
-        view_app.wait_idle(agreement)
-        viewer.close()
+    viewer = make_napari_viewer()
+    session = session_for(viewer)
+    entry = session.open_slide(slide)
+    session.load_result(rpath, entry)
+    session.load_annotations(ann, entry)
+    _analysis, agreement = add_review_docks(viewer)
+    ws = add_workstation_docks(viewer)
+    assert ws.session is agreement.session is session
+    assert ws.annotate.slide.name == entry.id
+    assert len(ws.annotate.annotations()) == len(session.annotations_of(entry))
+    tile = ws.navigation.step_tile(1)
+    assert tile is not None and tile.scale in session.result().scales
+    view_app.wait_idle(agreement)
+    assert agreement.table.rowCount() == len(session.result().tile_values())
