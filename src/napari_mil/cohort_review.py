@@ -182,6 +182,36 @@ class CohortReview:
             entries.append(entry)
         return cls(root, entries, class_names, marks)
 
+    @classmethod
+    def from_session(cls, session, session_file: PathLike) -> CohortReview:
+        """The slides of a review session (restored from ``session_file``) as a cohort: one
+        row per slide with the prediction of its latest result; verdicts and tile marks are
+        saved in ``<session name>.review/`` beside the file."""
+        path = Path(session_file)
+        stem = path.name[:-5] if path.name.lower().endswith(".json") else path.name
+        folder = path.with_name(stem + ".review")
+        folder.mkdir(exist_ok=True)
+        verdicts = _read_verdicts(folder / VERDICTS_CSV)
+        marks = read_tile_marks(folder / TILE_MARKS_CSV)
+        class_names: tuple[str, ...] = ()
+        entries = []
+        for sid, slide in session.slides.items():
+            results = session.results_of(sid)
+            result = next(reversed(results.values()), None) if results else None
+            probs, pred = {}, ""
+            if result is not None:
+                class_names = class_names or tuple(result.class_names)
+                probs = {c: float(p) for c, p in zip(result.class_names, result.probabilities,
+                                                     strict=True)}
+                pred = max(probs, key=probs.get) if probs else ""
+            entries.append(CohortEntry(
+                key=sid, slide_path=str(slide.path), status="ok" if results else "missing",
+                predicted_class=pred, probabilities=probs,
+                error="" if results else "no result in the session",
+                result_path=str(path) if results else "", verdict=verdicts.get(sid),
+                n_marks=sum(1 for m in marks if m.slide == sid)))
+        return cls(folder, entries, class_names, marks)
+
     # -- table ------------------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self._entries)

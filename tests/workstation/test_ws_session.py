@@ -172,12 +172,21 @@ def test_session_file_is_a_slide_list(make_napari_viewer, infer_folder, tmp_path
     s.close()
     viewer = make_napari_viewer()
     ws = add_workstation_docks(viewer, None, prompt=lambda kind, _m: "discard")
-    ws.link.open_session_file(sfile)
+    ws.cohort.load_folder(sfile)  # the cohort dock opens the session file: its slides
     assert list(ws.session.slides) == ["case-01", "case-03"]
+    assert [ws.cohort.table.item(r, 0).text() for r in range(ws.cohort.table.rowCount())] == [
+        "case-01", "case-03"]
+    assert ws.cohort.review.folder == tmp_path / "review.napari-mil.review"
     assert ws.annotate.slide.name == "case-01"
     assert ws.link.step_slide(1) == "case-03" and ws.annotate.slide.name == "case-03"
     assert ws.link.step_slide(1) == "case-03"  # the end of the list
     assert ws.link.step_slide(-1) == "case-01"
+    ws.cohort.open_key("case-03")  # opened from the table: the session's own slide and result
+    assert ws.session.active_slide == "case-03" and len(ws.session.slides) == 2
+    ws.cohort.set_verdict("agree")
+    assert ws.cohort.progress_label.text().startswith("1 of 2 reviewed")
+    assert (ws.cohort.review.folder / VERDICTS_CSV).is_file()
+    ws.cohort.open_key("case-01")
     report = ws.link.write_report(tmp_path / "dock.html")
     assert _report_data(report)["gallery"] is not None
     marks = {f"{g['scale']}:{g['index']}": g["mark"] for g in _report_data(report)["gallery"]
@@ -189,6 +198,16 @@ def test_session_file_is_a_slide_list(make_napari_viewer, infer_folder, tmp_path
     assert a["gallery"] == b["gallery"] and a["probabilities"] == b["probabilities"]
     assert main(["report", str(sfile), "--slide", "case-09", "--out",
                  str(tmp_path / "x.html")]) == 2
+    # closing the slide being annotated (e.g. from the analysis dock) takes its drawing layers;
+    # the dock follows the slide that becomes active, and stops with the last one
+    ws.cohort.open_key("case-01")
+    assert ws.annotate.slide.name == "case-01"
+    ws.session.close_slide("case-01")
+    assert ws.annotate.slide.name == "case-03"
+    assert not [lyr for lyr in viewer.layers if lyr.name.startswith("case-01")]
+    ws.session.close_slide("case-03")
+    assert ws.annotate.slide is None and ws.annotate.shapes is None
+    assert not [lyr for lyr in viewer.layers if lyr.name.startswith("case-03")]
 
 
 def test_plugin_menu_docks_share_the_session(make_napari_viewer):
@@ -214,3 +233,28 @@ def test_plugin_menu_docks_share_the_session(make_napari_viewer):
     link = ws_mod.WorkstationLink.of(viewer)
     assert link.cohort is cohort and link.annotate is annotate
     assert link.session is session_for(viewer)
+
+
+def test_workstation_docks_on_a_review_in_progress(reviewed_slide, make_napari_viewer):
+    """`napari-mil view --workstation`'s wiring: docks added to a session that already holds a
+    slide, its result and annotations — the annotate dock edits those annotations and the
+    navigation steps through the result's tiles."""
+    from napari_mil._widgets import view_app
+    from napari_mil._widgets.session_layers import session_for
+    from napari_mil._widgets.workstation import add_review_docks, add_workstation_docks
+
+    slide, rpath, ann = reviewed_slide
+    viewer = make_napari_viewer()
+    session = session_for(viewer)
+    entry = session.open_slide(slide)
+    session.load_result(rpath, entry)
+    session.load_annotations(ann, entry)
+    _analysis, agreement = add_review_docks(viewer)
+    ws = add_workstation_docks(viewer)
+    assert ws.session is agreement.session is session
+    assert ws.annotate.slide.name == entry.id
+    assert len(ws.annotate.annotations()) == len(session.annotations_of(entry))
+    tile = ws.navigation.step_tile(1)
+    assert tile is not None and tile.scale in session.result().scales
+    view_app.wait_idle(agreement)
+    assert agreement.table.rowCount() == len(session.result().tile_values())

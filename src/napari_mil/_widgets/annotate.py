@@ -233,6 +233,13 @@ class AnnotateDock(QWidget):
         self.set_tool("pan")
         self._offer_recovery()
 
+    def clear_slide(self) -> None:
+        """Stop annotating (the slide was closed elsewhere): its layers go, nothing is asked;
+        the autosave, if any, stays to be offered back."""
+        self.flush_autosave()
+        self._remove_layers()
+        self.slide = None
+
     def _remove_layers(self) -> None:
         for layer in (self.shapes, self.points, self.brush):
             if layer is not None and layer in self.viewer.layers:

@@ -51,6 +51,8 @@ CurrentTile = Callable[[], tuple[str, int, tuple[int, int], float] | None]
 MarkTile = Callable[[str | None], Any]
 #: ``write_report() → path`` of the open slide in place of the dock's own
 WriteReport = Callable[[], Path]
+#: ``open_session(session file) → CohortReview`` of its slides (a review session's own list)
+OpenSession = Callable[[Path], CohortReview]
 
 
 class CohortDock(QWidget):
@@ -59,18 +61,21 @@ class CohortDock(QWidget):
     def __init__(self, viewer, review: CohortReview | None = None, *,
                  open_slide: OpenSlide | None = None, search_dirs: Sequence[Path] = (),
                  current_tile: CurrentTile | None = None, mark_tile: MarkTile | None = None,
-                 write_report: WriteReport | None = None, parent=None) -> None:
+                 write_report: WriteReport | None = None,
+                 open_session: OpenSession | None = None, parent=None) -> None:
         super().__init__(parent)
         self.viewer = viewer
         self.review: CohortReview | None = None
         self.search_dirs = [Path(d) for d in search_dirs]
         self.current_tile = current_tile
         self._mark_cb, self._report_cb = mark_tile, write_report
+        self._session_cb = open_session
         self.current_key: str | None = None
         self._open_cb = open_slide or self._default_opener()
         self._sort, self._descending = "slide", False
         self._rows: list[CohortEntry] = []
         self._build()
+        self.session_button.setVisible(open_session is not None)
         if review is not None:
             self.set_review(review)
 
@@ -83,6 +88,11 @@ class CohortDock(QWidget):
         self.open_button.clicked.connect(self._choose_folder)
         self.folder_label = QLabel("no cohort")
         top.addWidget(self.open_button)
+        self.session_button = QPushButton("Open session…")
+        self.session_button.setToolTip("a saved review session (*.napari-mil.json): its slides "
+                                       "are the list")
+        self.session_button.clicked.connect(self._choose_session)
+        top.addWidget(self.session_button)
         top.addWidget(self.folder_label, 1)
         lay.addLayout(top)
         flt = QHBoxLayout()
@@ -165,12 +175,23 @@ class CohortDock(QWidget):
         self.refresh()
 
     def load_folder(self, folder) -> None:
+        """An ``infer`` output folder, or (with ``open_session``) a review session file."""
+        path = Path(folder)
+        if path.suffix.lower() == ".json" and self._session_cb is not None:
+            self._guard(lambda: self.set_review(self._session_cb(path)))
+            return
         self._guard(lambda: self.set_review(CohortReview.open(folder)))
 
     def _choose_folder(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Open an infer results folder")
         if folder:
             self.load_folder(folder)
+
+    def _choose_session(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open a review session", "",
+                                              "review session (*.json)")
+        if path:
+            self.load_folder(path)
 
     def _sort_by_column(self, col: int) -> None:
         key = COLUMNS[col][1]

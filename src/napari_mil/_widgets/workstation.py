@@ -31,8 +31,8 @@ from .navigation import NavigationDock
 from .session_layers import VIEWER_SHAPES, SessionLayers
 
 __all__ = ["Workstation", "WorkstationLink", "AnnotatedSlide", "add_workstation_docks",
-           "open_workstation", "run_event_loop", "save_window_png", "cohort_widget",
-           "navigation_widget", "annotate_widget"]
+           "open_workstation", "add_review_docks", "run_event_loop", "save_window_png",
+           "cohort_widget", "navigation_widget", "annotate_widget"]
 
 _ATTR = "_napari_mil_workstation"
 REPORT_NAME = "review_report.html"
@@ -107,7 +107,8 @@ class WorkstationLink:
                                       search_dirs=self.search_dirs,
                                       current_tile=self._current_tile,
                                       mark_tile=self.mark_current_tile,
-                                      write_report=self.write_report)
+                                      write_report=self.write_report,
+                                      open_session=self.open_session_cohort)
         return self._cohort
 
     # ------------------------------------------------------------------ slides
@@ -153,6 +154,14 @@ class WorkstationLink:
         self.cohort_keys.clear()
         self.session.restore(path)
 
+    def open_session_cohort(self, path: Path | str):
+        """Restore a session file and list its slides in the cohort dock (a
+        :class:`~napari_mil.cohort_review.CohortReview` of the session)."""
+        from ..cohort_review import CohortReview
+
+        self.open_session_file(path)
+        return CohortReview.from_session(self.session, path)
+
     def step_slide(self, n: int) -> str | None:
         """Next (``n=1``) / previous slide: the cohort's table when a cohort slide is open,
         else the session's slides; the id of the slide opened."""
@@ -177,8 +186,8 @@ class WorkstationLink:
     def _on_slide_removed(self, sid: str) -> None:
         self.cohort_keys.pop(sid, None)
         if sid == self.annotating and self._annotate is not None:
-            self._annotate._remove_layers()
-            self._annotate.slide, self.annotating = None, None
+            self._annotate.clear_slide()
+            self.annotating = None
 
     def _follow(self, sid: str) -> None:
         """Let the annotate dock edit slide ``sid``'s session annotations."""
@@ -282,6 +291,8 @@ class WorkstationLink:
         ckey = self.cohort_keys.get(entry.id)
         if review is not None and ckey is not None and review.entry(ckey).result_path:
             result_path = Path(review.entry(ckey).result_path)
+            if result_path.suffix.lower() == ".json":  # a session cohort: no result file
+                result_path = None
         if path is None:
             path = (result_path.parent / REPORT_NAME if result_path is not None
                     else entry.path.with_name(f"{entry.path.stem}.{REPORT_NAME}"))
@@ -331,11 +342,25 @@ def annotate_widget(napari_viewer) -> AnnotateDock:
     return WorkstationLink.of(napari_viewer).annotate
 
 
+def add_review_docks(viewer):
+    """The *MIL analysis* and *Annotations & agreement* docks on the viewer's session (tabbed
+    on the right); returns them."""
+    from .analysis_dock import AnalysisDock
+    from .annotations_dock import AnnotationsDock
+
+    analysis, agreement = AnalysisDock(viewer), AnnotationsDock(viewer)
+    viewer.window.add_dock_widget(analysis, name="MIL analysis", area="right")
+    viewer.window.add_dock_widget(agreement, name="Annotations & agreement", area="right",
+                                  tabify=True)
+    return analysis, agreement
+
+
 def open_workstation(results: Path | str, search_dirs: Sequence[Path | str] = (), *,
                      show: bool = True, first: bool = False,
                      window_size: tuple[int, int] = (1500, 950)):
-    """A napari window with the workstation docks on ``results`` (an ``infer`` folder, checked
-    before the window opens); ``first`` opens the first slide with a result."""
+    """A napari window with the review docks and the workstation docks on one session, on
+    ``results`` (an ``infer`` folder, checked before the window opens); ``first`` opens the
+    first slide with a result."""
     import napari
 
     from ..cohort_review import CohortReview
@@ -343,6 +368,7 @@ def open_workstation(results: Path | str, search_dirs: Sequence[Path | str] = ()
     review = CohortReview.open(results)  # a bad folder fails before any window exists
     viewer = napari.Viewer(title=f"napari-mil review — {Path(results).name}", show=show)
     viewer.window._qt_window.resize(*window_size)
+    add_review_docks(viewer)
     ws = add_workstation_docks(viewer, None, search_dirs)
     ws.cohort.set_review(review)
     if first:

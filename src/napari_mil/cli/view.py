@@ -2,12 +2,16 @@
 
   napari-mil view SLIDE [--checkpoint CKPT ...] [--annotations A ...] [--run]
                   [--session FILE] [--save-session FILE] [--screenshot PNG]
+                  [--workstation] [--cohort RESULTS]
 
 ``--run`` runs every checkpoint through the Run button's background path, one after the other;
 ``--screenshot`` waits for the runs, saves the window as a PNG and exits (without a display it
 renders under Xvfb). ``--session`` restores a saved review (nothing is recomputed);
 ``--save-session`` writes the review once the runs have ended. A saved result (``--result``)
 is checked against the slide by content hash and shown without recomputing.
+``--workstation`` adds the cohort review, navigation and annotate docks on the same session
+(what is drawn there is the agreement's annotations); ``--cohort RESULTS`` also opens an
+``infer`` output folder in the cohort dock.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from ..errors import ConfigError
 from .demo import _relaunch_under_xvfb, has_display
 
 APP_MODULE = "napari_mil._widgets.view_app"
+WORKSTATION_MODULE = "napari_mil._widgets.workstation"
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -52,6 +57,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--mpp", type=float, default=None, help="override the slide's µm per pixel")
     p.add_argument("--screenshot", type=Path, default=None,
                    help="wait for the runs, write the window to this PNG and exit")
+    p.add_argument("--workstation", action="store_true",
+                   help="add the cohort review, navigation and annotate docks (same session)")
+    p.add_argument("--cohort", type=Path, default=None, metavar="RESULTS",
+                   help="an `infer` output folder for the cohort dock (implies --workstation)")
     p.add_argument("--window-size", type=_size, default=None, metavar="WxH",
                    help="window size, e.g. 1366x768 (default: napari's)")
     p.set_defaults(func=run)
@@ -62,8 +71,13 @@ def check_args(args: argparse.Namespace) -> None:
     """Refuse bad input before any window opens (a ConfigError / ExportError: exit 2)."""
     from ..io.atomic import check_writable
 
-    if args.slide is None and args.session is None:
-        raise ConfigError("Give a SLIDE to review, or --session FILE to restore a review.")
+    if args.slide is None and args.session is None and getattr(args, "cohort", None) is None:
+        raise ConfigError("Give a SLIDE to review, --session FILE to restore a review, or "
+                          "--cohort RESULTS.")
+    if getattr(args, "cohort", None) is not None:
+        from ..cohort_review import CohortReview
+
+        CohortReview.open(args.cohort)  # not an infer folder: exit 2 before a window opens
     for what, path in ([("slide", args.slide)] if args.slide else []) + [
             ("checkpoint", c) for c in args.checkpoint] + [
             ("annotation file", a) for a in args.annotations] + [
@@ -94,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
         args.slide, checkpoints=args.checkpoint, annotations=args.annotations,
         result=args.result, session_file=args.session, mpp=args.mpp,
         show=True, window_size=args.window_size)
+    if getattr(args, "workstation", False) or getattr(args, "cohort", None) is not None:
+        importlib.import_module(WORKSTATION_MODULE).add_workstation_docks(viewer, args.cohort)
     session = analysis.session
     loaded = [m for m in session.models if session.models[m].path is not None]
     to_run = [m for m in loaded if any(Path(c).resolve() == session.models[m].path.resolve()
@@ -109,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
             if args.run:
                 app.run_models(analysis, to_run, block=True)
             app.wait_idle(analysis)
+            app.wait_idle(_anns)  # its agreement too (drawn annotations re-trigger it)
             save()
             app.save_screenshot(viewer, args.screenshot)
             print(f"wrote {args.screenshot}")
