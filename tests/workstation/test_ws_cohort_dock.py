@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -144,7 +146,12 @@ def test_review_command(infer_folder, tmp_path, capsys):
 
     out, slides = infer_folder
     png = tmp_path / "review.png"
-    assert main(["review", str(out), "--slides", str(slides), "--screenshot", str(png)]) == 0
+    # its own process, as a user runs it: a viewer made outside make_napari_viewer after
+    # fixture-made ones would register napari's plugin actions twice in this process
+    res = subprocess.run([sys.executable, "-m", "napari_mil", "review", str(out), "--slides",
+                          str(slides), "--screenshot", str(png)],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
     w, h = Image.open(png).size
     assert w >= 1000 and h >= 700
     assert main(["review", str(tmp_path), "--screenshot", str(png)]) == 2
