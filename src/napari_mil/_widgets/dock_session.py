@@ -288,6 +288,12 @@ class SessionBinding:
             return
         self._staged_prepare = staged
         try:
+            reloaded = self.session.find_model(path)
+            if (reloaded is not None and self.is_running and self._run_key is not None
+                    and self._run_key.model == reloaded.id):
+                # its weights are being replaced: the running result would not be theirs
+                self.cancel()
+                self._prepare_after_run = True
             entry = self.session.add_model(model, path)
             self._extractor, self._extractor_of = extractor, entry.id
             freeze_long_lived()  # the model and torch stay: no later gc.collect walks them
