@@ -111,6 +111,9 @@ class AnalysisDock(SessionBinding, RunControl, QWidget):
         from .view_app import overlay
 
         overlay(self.viewer, "scale_bar").visible = True  # µm: every layer carries units
+        from .layer_sync import warm_first_use
+
+        QTimer.singleShot(0, warm_first_use)  # at start-up, not on the first load or run
 
     # ------------------------------------------------------------------ UI
     def _build(self) -> None:

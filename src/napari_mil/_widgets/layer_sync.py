@@ -8,7 +8,8 @@ from collections.abc import Iterable
 import numpy as np
 
 __all__ = ["is_layer_type", "upsert_layer", "upsert_layers", "remove_layers", "find_layer",
-           "write_layer", "add_missing_layers", "is_placeholder", "freeze_long_lived"]
+           "write_layer", "add_missing_layers", "is_placeholder", "freeze_long_lived",
+           "warm_first_use"]
 
 _UPDATABLE = ("scale", "translate", "colormap", "contrast_limits", "metadata", "features",
               "edge_color", "text")
@@ -127,6 +128,20 @@ def freeze_long_lived() -> None:
 
     gc.freeze()  # no collection first: that alone would stall the viewer
 
+
+
+def warm_first_use() -> None:
+    """Pay napari's one-time Python costs of the layer kinds a review adds (module imports,
+    the feature table and text of a Shapes/Points layer) now, with throwaway layers that never
+    reach a viewer, instead of on the first checkpoint load or run."""
+    import numpy as np
+    from napari.layers import Image, Points, Shapes
+
+    box = np.array([[0.0, 0.0], [0.0, 1.0], [1.0, 1.0], [1.0, 0.0]])
+    text = {"string": "{label}", "size": 8, "color": "white"}
+    Shapes([box], shape_type="rectangle", features={"label": ["1"]}, text=text, units="um")
+    Points(np.zeros((1, 2)), features={"label": ["1"]}, text=text, units="um")
+    Image(np.zeros((2, 2), np.float32), colormap="viridis", units="um")
 
 
 def is_placeholder(layer) -> bool:
