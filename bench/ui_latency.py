@@ -42,8 +42,8 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 PROBE_MS = 5
-RUN_TIMEOUT_S = 540.0
-STARTUP_S = 1.0  # event-loop time given to a fresh window before the first action  # a run that never settles ends the probe (and shows as a huge run_s)
+RUN_TIMEOUT_S = 540.0  # a run that never settles ends the probe (and shows as a huge run_s)
+STARTUP_S = 1.0  # event-loop time given to a fresh window before the first action
 
 
 def _slide(root: Path, size: int):

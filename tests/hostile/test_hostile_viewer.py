@@ -220,7 +220,8 @@ def test_wrong_checkpoint_during_a_run_leaves_the_run_alone(make_napari_viewer, 
     _settled(qtbot, dock)
     assert dock.result is result and log == ["closed"]
     # the result's layers, nothing else: the empty tissue layer this run did not fill is gone
-    assert [lyr.name for lyr in viewer.layers] == [n for n in names if n != "lesion · tiny · tissue"]
+    tissue = "lesion · tiny · tissue"
+    assert [lyr.name for lyr in viewer.layers] == [n for n in names if n != tissue]
     assert not any(lyr.metadata.get("placeholder") for lyr in viewer.layers)
     assert not viewer.layers[SCORES].metadata.get("partial")
     assert np.isfinite(viewer.layers[SCORES].data).sum() == len(result.finest_scale)

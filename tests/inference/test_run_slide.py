@@ -145,8 +145,8 @@ def test_concentric_run_yields_partial_scores_before_the_end(tmp_path, make_slid
     assert sizes == sorted(sizes) and 0 < sizes[0] < len(fine) == sizes[-1]
     assert all(p.scale.name == "20x" and np.isfinite(p.instance_scores).all() for p in partials)
     last = partials[-1]
-    order = np.lexsort(last.coords_xy.T)
-    np.testing.assert_array_equal(last.coords_xy[order], fine.coords_xy[np.lexsort(fine.coords_xy.T)])
+    np.testing.assert_array_equal(last.coords_xy[np.lexsort(last.coords_xy.T)],
+                                  fine.coords_xy[np.lexsort(fine.coords_xy.T)])
 
 
 def test_pyramid_model_embeds_only_the_children_it_selects(tmp_path, make_slide):

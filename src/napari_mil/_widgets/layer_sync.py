@@ -179,10 +179,8 @@ def warm_canvas(viewer, linger_ms: int = 400, on_done=None) -> None:
         return done()
 
     def drop() -> None:
-        try:
+        with contextlib.suppress(Exception):  # the viewer closed meanwhile
             remove_layers(viewer, [lyr.name for lyr in made if lyr in viewer.layers])
-        except Exception:  # the viewer closed meanwhile  # noqa: BLE001
-            pass
         done()
 
     QTimer.singleShot(linger_ms, drop)

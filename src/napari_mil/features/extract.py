@@ -385,7 +385,7 @@ def extract_concentric(
             done[sc.name] = yield from extract_features(slide, windows[:, k], exs[k], scale=sc,
                                                         **kwargs)
     out: dict[str, FeatureSet] = {}
-    for sc, f in zip(scales, factors):
+    for sc, f in zip(scales, factors, strict=True):
         fs = done[sc.name]
         out[sc.name] = FeatureSet(fs.features, grid.coords_xy, grid.tile_size_level0, sc,
                                   fs.extractor, fs.slide_hash, "extracted",
