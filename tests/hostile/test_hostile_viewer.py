@@ -26,7 +26,9 @@ from napari_mil.models.registry import create_model  # noqa: E402
 
 pytestmark = pytest.mark.gui
 
-SCORES = "lesion · instance scores [20x]"
+#: the scores layer of each checkpoint's run (``<slide> · <model> · <what> [<scale>]``)
+CNN_SCORES = "lesion · cnn-minet · instance scores [20x]"
+SCORES = "lesion · tiny · instance scores [20x]"
 
 
 @pytest.fixture
@@ -151,7 +153,7 @@ def test_cancel_and_restart_twenty_times(make_napari_viewer, lesion_path, cnn_ch
     result = dock.result
     assert result is not None and result.complete
     sm = result.finest_scale
-    layer = viewer.layers[SCORES]
+    layer = viewer.layers[CNN_SCORES]
     assert np.isfinite(layer.data).sum() == len(sm)
     assert np.nanmax(layer.data) == pytest.approx(float(np.max(sm.instance_scores)), rel=1e-5)
     # memory does not grow without bound (no timing asserts)
@@ -174,7 +176,7 @@ def test_closing_the_viewer_mid_run_stops_and_joins_the_run(make_napari_viewer, 
         assert dock.run()
         qtbot.waitUntil(lambda: _has_partial(viewer, SCORES), timeout=10000)
         worker = dock.worker
-        slides = list(dock._slides.values())
+        slides = [e.slide for e in dock.session.slides.values()]
         assert slides and not any(s.closed for s in slides)
         viewer.close()
         # the run was cancelled and joined before the window went: nothing is left running
@@ -218,7 +220,8 @@ def test_wrong_checkpoint_during_a_run_leaves_the_run_alone(make_napari_viewer, 
     _settled(qtbot, dock)
     assert dock.result is result and log == ["closed"]
     # the result's layers, nothing else: the empty tissue layer this run did not fill is gone
-    assert [lyr.name for lyr in viewer.layers] == [n for n in names if n != "lesion · tissue"]
+    tissue = "lesion · tiny · tissue"
+    assert [lyr.name for lyr in viewer.layers] == [n for n in names if n != tissue]
     assert not any(lyr.metadata.get("placeholder") for lyr in viewer.layers)
     assert not viewer.layers[SCORES].metadata.get("partial")
     assert np.isfinite(viewer.layers[SCORES].data).sum() == len(result.finest_scale)
@@ -247,7 +250,7 @@ def test_another_checkpoint_or_slide_mid_run_cancels_cleanly(make_napari_viewer,
     _settled(qtbot, dock)
     assert log == ["closed", "closed"] and dock.worker is None and dock.run_btn.isEnabled()
     # the new slide's (empty) layers are ready; the old slide's empty ones are gone
-    assert "other · instance scores [20x]" in viewer.layers
+    assert "other · tiny · instance scores [20x]" in viewer.layers
     assert SCORES not in viewer.layers
     names = [lyr.name for lyr in viewer.layers]
     assert len(names) == len(set(names))
@@ -270,7 +273,7 @@ def test_slide_file_truncated_during_a_run(make_napari_viewer, lesion_path, cnn_
     assert dock.run_btn.isEnabled() and not dock.cancel_btn.isEnabled()
     assert [lyr.name for lyr in viewer.layers] == names
     assert not any(lyr.metadata.get("partial") for lyr in viewer.layers)
-    assert np.isnan(viewer.layers[SCORES].data).all()
+    assert np.isnan(viewer.layers[CNN_SCORES].data).all()
 
 
 def test_runtime_error_in_the_worker_is_shown_not_swallowed(make_napari_viewer, lesion_path,
@@ -326,6 +329,6 @@ def test_slide_file_deleted_during_a_run_still_reads(make_napari_viewer, lesion_
     assert dock.run()
     _settled(qtbot, dock)
     assert dock.last_error is None and dock.result is not None and dock.result.complete
-    assert np.isfinite(viewer.layers[SCORES].data).sum() == len(dock.result.finest_scale)
+    assert np.isfinite(viewer.layers[CNN_SCORES].data).sum() == len(dock.result.finest_scale)
     viewer.layers.remove("lesion")  # its layer gone: the dock closes the file it opened
     assert slide.closed

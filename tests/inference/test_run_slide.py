@@ -121,6 +121,34 @@ def test_concentric_model_gets_every_scale(tmp_path, make_slide):
     np.testing.assert_allclose(fine.extras["scale_weights"].sum(1), 1.0, atol=1e-5)
 
 
+def test_concentric_run_yields_partial_scores_before_the_end(tmp_path, make_slide):
+    """CS-MIL embeds every field of a tile in turn, so tiles are scored while the run goes on;
+    the last partial covers every tile with the final finest-scale coordinates."""
+    slide = open_slide(make_slide("s.svs", size=(2048, 3072)))
+    model = _model(tmp_path, "csmil", scales=("20x", "10x", "5x"))
+    settings = RunSettings(device="cpu", batch_size=2, num_workers=2, partial_interval_s=0.0,
+                           cache_dir=str(tmp_path / "cache"))
+    gen = run_slide(slide, model, settings=settings)
+    partials, done_at = [], []
+    while True:
+        try:
+            prog = next(gen)
+        except StopIteration as stop:
+            result = stop.value
+            break
+        if prog.partial is not None:
+            partials.append(prog.partial)
+            done_at.append(prog.done / prog.total)
+    fine = result.scales["20x"]
+    assert len(partials) >= 3 and done_at[0] < 0.5  # scores early, not only at the end
+    sizes = [len(p) for p in partials]
+    assert sizes == sorted(sizes) and 0 < sizes[0] < len(fine) == sizes[-1]
+    assert all(p.scale.name == "20x" and np.isfinite(p.instance_scores).all() for p in partials)
+    last = partials[-1]
+    np.testing.assert_array_equal(last.coords_xy[np.lexsort(last.coords_xy.T)],
+                                  fine.coords_xy[np.lexsort(fine.coords_xy.T)])
+
+
 def test_pyramid_model_embeds_only_the_children_it_selects(tmp_path, make_slide):
     slide = open_slide(make_slide("s.svs", size=(4096, 4096)))
     model = _model(tmp_path, "zoommil", scales=("5x", "20x"), top_k=1)

@@ -17,7 +17,8 @@ from napari_mil.io.identity import file_identity
 def counted(monkeypatch):
     calls = []
     real = identity._hash_file
-    monkeypatch.setattr(identity, "_hash_file", lambda p, n: calls.append(p) or real(p, n))
+    monkeypatch.setattr(identity, "_hash_file",
+                        lambda p, n, fd=None: calls.append(p) or real(p, n, fd))
     identity._MEMORY.clear()
     return calls
 
@@ -98,10 +99,10 @@ def test_opening_a_slide_layer_does_not_wait_for_the_hash(make_slide, monkeypatc
     release, started = threading.Event(), threading.Event()
     real = identity._hash_file
 
-    def slow(path, size):  # a file that takes long to read
+    def slow(path, size, fd=None):  # a file that takes long to read
         started.set()
         assert release.wait(30)
-        return real(path, size)
+        return real(path, size, fd)
 
     monkeypatch.setattr(identity, "_hash_file", slow)
     path = make_slide("big.svs", size=(512, 512))
@@ -113,3 +114,34 @@ def test_opening_a_slide_layer_does_not_wait_for_the_hash(make_slide, monkeypatc
         assert len(slide.content_hash) == 64
         assert slide.metadata()["content_hash"] == slide.content_hash
     identity._MEMORY.clear()
+
+
+@pytest.mark.skipif(not hasattr(os, "pread"), reason="POSIX: a deleted open file stays readable")
+def test_an_open_slide_deleted_from_disk_still_hashes_as_it_was(make_slide):
+    from napari_mil.io.slide import open_slide
+
+    identity._MEMORY.clear()
+    path = make_slide("gone.tif", size=(384, 256))
+    expected = file_identity(path, cache_dir=False).sha
+    identity._MEMORY.clear()
+    with open_slide(path) as slide:
+        path.unlink()  # the path is gone; the descriptor opened with the slide is not
+        assert slide.content_hash == expected
+        path.write_bytes(b"another file under the same name")  # not what the slide reads
+        identity._MEMORY.clear()
+        slide._content_hash = None
+        assert slide.content_hash == expected
+    assert slide._fd is None  # closing the slide closes its descriptor
+
+
+def test_the_hash_through_a_descriptor_is_cached_by_stamp(tmp_path, counted, monkeypatch):
+    monkeypatch.setattr(identity, "SETTLE_NS", 0)  # the file just written counts as settled
+    path = tmp_path / "s.svs"
+    path.write_bytes(os.urandom(3 * 2**20))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        by_fd = file_identity(path, fd=fd, cache_dir=tmp_path / "ids")
+        assert file_identity(path, cache_dir=tmp_path / "ids") == by_fd  # same stamp: cached
+        assert len(counted) == 1
+    finally:
+        os.close(fd)

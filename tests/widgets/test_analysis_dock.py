@@ -31,6 +31,7 @@ def dock_setup(make_napari_viewer, lesion_slide, tiny_checkpoint, qtbot):
     add_slide_layer(viewer, path)
     dock = AnalysisDock(viewer)
     viewer.window.add_dock_widget(dock, name="napari-mil")
+    qtbot.waitUntil(lambda: not dock.starting_up, timeout=10000)  # start-up's warm-up done
     assert dock.load_checkpoint(tiny_checkpoint)
     return viewer, dock, path, image
 

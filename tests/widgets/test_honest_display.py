@@ -96,3 +96,36 @@ def test_whatif_drawing_mode_ends_after_a_rescore(make_napari_viewer, csmil_sess
     regions.add_rectangles([np.array([[y, x], [y + size, x + size]], float)])
     assert dock.whatif.apply("exclude") is not None
     assert regions.mode == "pan_zoom"  # a click on a tile opens its evidence again
+
+
+def test_a_csmil_run_shows_partial_scores_in_the_dock(make_napari_viewer, review_slide, qtbot):
+    """CS-MIL's tiles are scored as their concentric fields are embedded: the dock shows
+    partial scores during the run, then the result replaces them."""
+    viewer = make_napari_viewer()
+    viewer.open(str(review_slide[0]), plugin="napari-mil")
+    dock = AnalysisDock(viewer)
+    viewer.window.add_dock_widget(dock)
+    dock.settings_overrides = {"use_cache": False, "num_workers": 1, "batch_size": 4,
+                               "partial_interval_s": 0.0, "device": "cpu"}
+    assert dock.load_checkpoint(sample_file("model-csmil.safetensors")), dock.last_error
+    name = "case-01 · model-csmil · instance scores [20x]"
+    seen: list[int] = []
+
+    def record(*_args) -> None:
+        if name in viewer.layers and viewer.layers[name].metadata.get("partial"):
+            seen.append(int(np.isfinite(viewer.layers[name].data).sum()))
+
+    viewer.layers.events.inserted.connect(record)
+    timer_id = dock.startTimer(20)
+    dock.timerEvent = lambda _e: record()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the 20x embedder at 10x / 5x: known, not tested here
+        assert dock.run(), dock.last_error
+        qtbot.waitUntil(lambda: not dock.is_busy, timeout=300000)
+    dock.killTimer(timer_id)
+    assert dock.last_error is None, dock.last_error
+    final = dock.result.scales["20x"]
+    assert seen and 0 < min(seen) < len(final)  # some tiles scored before the end
+    layer = viewer.layers[name]
+    assert not layer.metadata.get("partial")
+    assert np.isfinite(layer.data).sum() == len(final)

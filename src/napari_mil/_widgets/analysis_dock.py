@@ -111,6 +111,17 @@ class AnalysisDock(SessionBinding, RunControl, QWidget):
         from .view_app import overlay
 
         overlay(self.viewer, "scale_bar").visible = True  # µm: every layer carries units
+        from .layer_sync import warm_canvas, warm_first_use
+
+        # napari's first-use costs at start-up, not on the first load, run or agreement
+        QTimer.singleShot(0, warm_first_use)
+        self.starting_up = True  # until warm_canvas's throwaway layers are gone again
+
+        def started() -> None:
+            self.starting_up = False
+
+        QTimer.singleShot(0, lambda: started() if self._closed
+                          else warm_canvas(self.viewer, on_done=started))
 
     # ------------------------------------------------------------------ UI
     def _build(self) -> None:

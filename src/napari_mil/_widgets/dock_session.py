@@ -91,14 +91,12 @@ class SessionBinding:
         given = layer.metadata.get("slide")
         if given is not None and hasattr(given, "read_region"):
             return self._add_slide(given, mpp)
-        from ..io.slide import open_slide
-
         if block:
-            return self._add_slide(open_slide(path, mpp=mpp), mpp)
+            return self._add_slide(_open_slide(path, mpp=mpp), mpp)
         from napari.qt.threading import create_worker
 
         self._adopting.add(path)
-        worker = create_worker(open_slide, path, mpp=mpp, _ignore_errors=True)
+        worker = create_worker(_open_slide, path, mpp=mpp, _ignore_errors=True)
         worker.returned.connect(lambda slide: self._add_slide(slide, mpp))
         worker.errored.connect(self.notify_error)
         worker.finished.connect(lambda: self._adopting.discard(path))
@@ -124,22 +122,20 @@ class SessionBinding:
     def open_slide(self, path, *, mpp: float | None = None, block: bool = True):
         """Open a slide into the session (its layer comes from the session); ``block=False``
         reads it in a worker, so the viewer never waits for the file."""
-        from ..io.slide import open_slide
-
         existing = self.session.find_slide(path)
         if existing is not None:
             self.session.set_active_slide(existing)
             return existing
         if block:
             try:
-                return self._add_slide(open_slide(path, mpp=mpp), mpp)
+                return self._add_slide(_open_slide(path, mpp=mpp), mpp)
             except NapariMilError as exc:
                 self.notify_error(exc)
                 return None
         from napari.qt.threading import create_worker
 
         self.status_label.setText(f"Opening {Path(path).name}…")
-        worker = create_worker(open_slide, path, mpp=mpp, _ignore_errors=True)
+        worker = create_worker(_open_slide, path, mpp=mpp, _ignore_errors=True)
         worker.returned.connect(lambda slide: self._add_slide(slide, mpp))
         worker.errored.connect(self.notify_error)
         self._open_worker = worker
@@ -288,6 +284,12 @@ class SessionBinding:
             return
         self._staged_prepare = staged
         try:
+            reloaded = self.session.find_model(path)
+            if (reloaded is not None and self.is_running and self._run_key is not None
+                    and self._run_key.model == reloaded.id):
+                # its weights are being replaced: the running result would not be theirs
+                self.cancel()
+                self._prepare_after_run = True
             entry = self.session.add_model(model, path)
             self._extractor, self._extractor_of = extractor, entry.id
             freeze_long_lived()  # the model and torch stay: no later gc.collect walks them
@@ -368,3 +370,11 @@ def _load_and_warm(path, device: str):
 
     model = load_model(path)
     return model, warm_extractor(model, device)
+
+
+def _open_slide(path, *, mpp: float | None = None):
+    """Open a slide file (in a worker: the slide reader's first import — dask, scipy — is
+    paid there too, never on the main thread)."""
+    from ..io.slide import open_slide
+
+    return open_slide(path, mpp=mpp)

@@ -8,7 +8,8 @@ from collections.abc import Iterable
 import numpy as np
 
 __all__ = ["is_layer_type", "upsert_layer", "upsert_layers", "remove_layers", "find_layer",
-           "write_layer", "add_missing_layers", "is_placeholder", "freeze_long_lived"]
+           "write_layer", "add_missing_layers", "is_placeholder", "freeze_long_lived",
+           "warm_first_use", "warm_canvas"]
 
 _UPDATABLE = ("scale", "translate", "colormap", "contrast_limits", "metadata", "features",
               "edge_color", "text")
@@ -127,6 +128,62 @@ def freeze_long_lived() -> None:
 
     gc.freeze()  # no collection first: that alone would stall the viewer
 
+
+
+def warm_first_use() -> None:
+    """Pay napari's one-time Python costs of the layer kinds a review adds (module imports,
+    the feature table and text of a Shapes/Points layer) now, with throwaway layers that never
+    reach a viewer, instead of on the first checkpoint load or run."""
+    import numpy as np
+    from napari.layers import Image, Points, Shapes
+
+    box = np.array([[0.0, 0.0], [0.0, 1.0], [1.0, 1.0], [1.0, 0.0]])
+    text = {"string": "{label}", "size": 8, "color": "white"}
+    Shapes([box], shape_type="rectangle", features={"label": ["1"]}, text=text, units="um")
+    Points(np.zeros((1, 2)), features={"label": ["1"]}, text=text, units="um")
+    Image(np.zeros((2, 2), np.float32), colormap="viridis", units="um")
+
+
+WARM_UP = "napari-mil start-up"  # the name prefix of the throwaway layers of warm_canvas
+
+
+def warm_canvas(viewer, linger_ms: int = 400, on_done=None) -> None:
+    """Build the canvas visuals (and their shaders, at the next paint) of the layer kinds a
+    review adds — labels, text-labelled shapes, a float image — with transparent 2-pixel
+    layers that go again after ``linger_ms``, so the first disagreement, top-k or heatmap
+    layer does not pay them mid-review. Only in a window on screen (shaders are built when
+    the canvas paints; a hidden viewer never does). ``on_done()`` once they are gone."""
+    import numpy as np
+    from qtpy.QtCore import QTimer
+
+    def done() -> None:
+        if on_done is not None:
+            on_done()
+
+    try:
+        if not viewer.window._qt_window.isVisible():
+            return done()
+    except (AttributeError, RuntimeError):  # no Qt window (headless) or already deleted
+        return done()
+    box = np.array([[0.0, 0.0], [0.0, 1.0], [1.0, 1.0], [1.0, 0.0]])
+    common = {"opacity": 0.0, "units": "um", "metadata": {"warm_up": True}}
+    try:
+        made = [viewer.add_labels(np.zeros((2, 2), np.uint8), name=f"{WARM_UP} labels",
+                                  **common),
+                viewer.add_shapes([box], shape_type="rectangle", name=f"{WARM_UP} shapes",
+                                  features={"label": ["1"]},
+                                  text={"string": "{label}", "size": 8}, **common),
+                viewer.add_image(np.zeros((2, 2), np.float32), name=f"{WARM_UP} image",
+                                 **common)]
+    except Exception:  # a closing viewer: nothing to warm  # noqa: BLE001
+        return done()
+
+    def drop() -> None:
+        with contextlib.suppress(Exception):  # the viewer closed meanwhile
+            remove_layers(viewer, [lyr.name for lyr in made if lyr in viewer.layers])
+        done()
+
+    QTimer.singleShot(linger_ms, drop)
 
 
 def is_placeholder(layer) -> bool:

@@ -375,6 +375,10 @@ class RunControl:
             return
         remove_layers(self.viewer, [n for n in partial_names if n in self.viewer.layers
                                     and self.viewer.layers[n].metadata.get("partial")])
+        # empty layers made ahead of the run that its result has nothing for (e.g. tissue)
+        group = f"{key.slide} · {key.model} · "
+        remove_layers(self.viewer, [lyr.name for lyr in self.viewer.layers
+                                    if is_placeholder(lyr) and lyr.name.startswith(group)])
         if outcome.thumbnails:
             self.gallery.refresh(outcome.thumbnails)
 

@@ -259,8 +259,16 @@ class SessionLayers:
             f"{key.slide} · {key.model} · ")
 
     def _on_result_removed(self, key: ResultKey) -> None:
-        remove_layers(self.viewer, [lyr.name for lyr in self.layers_of(key.slide, key)])
-        self._update_difference(key.slide)
+        names = [lyr.name for lyr in self.layers_of(key.slide, key)]
+        left = (list(self.session.results_of(key.slide)) if key.slide in self.session.slides
+                else [])
+        if len(left) < 2:  # no difference any more: its layer goes in the same batch (one
+            # scene-graph clean-up and one of napari's gc.collect instead of two)
+            names += [lyr.name for lyr in self.layers_of(key.slide)
+                      if lyr.metadata.get("kind") == "difference"]
+        remove_layers(self.viewer, names)
+        if len(left) >= 2:
+            self._update_difference(key.slide)
 
     def _update_difference(self, sid: str) -> None:
         """A difference layer of the slide's two latest results (none with fewer than two)."""

@@ -336,6 +336,8 @@ def extract_concentric(
     grid: TileGrid,
     extractors: Extractor | str | PathLike | Sequence[Extractor | str | PathLike],
     factors: Sequence[float] = (1, 2, 4),
+    *,
+    interleave: bool = False,
     **kwargs: Any,
 ) -> Generator[ExtractionProgress, None, dict[str, FeatureSet]]:
     """CS-MIL: per tile of ``grid``, features of concentric fields ``factor ×`` its side.
@@ -343,6 +345,9 @@ def extract_concentric(
     Field ``f`` is read at ``grid.mpp · f`` (same patch size), so with a 20x grid and
     factors (1, 2, 4) the fields are 20x, 10x and 5x. Every returned FeatureSet is aligned
     with ``grid`` (same coords, same order); keys are the fields' scale names.
+    ``interleave``: the fields advance one batch each in turn (same tile order), so tiles
+    have every field early — a run can score them while the rest is being embedded;
+    otherwise each field is embedded over the whole grid before the next.
     """
     from ..config import scale_name
     from ..tiling.grid import context_windows
@@ -356,12 +361,33 @@ def extract_concentric(
         exs = [_as_extractor(e, device) for e in extractors]
     else:
         exs = [_as_extractor(extractors, device)] * len(factors)
-    out: dict[str, FeatureSet] = {}
     base = grid.spec.scale
-    for k, f in enumerate(factors):
-        scale = ScaleSpec(scale_name(base.magnification / f), base.mpp * f, base.patch_size_px)
-        fs = yield from extract_features(slide, windows[:, k], exs[k], scale=scale, **kwargs)
-        out[scale.name] = FeatureSet(fs.features, grid.coords_xy, grid.tile_size_level0, scale,
-                                     fs.extractor, fs.slide_hash, "extracted",
-                                     {**fs.attrs, "context_factor": float(f)})
+    scales = [ScaleSpec(scale_name(base.magnification / f), base.mpp * f, base.patch_size_px)
+              for f in factors]
+    done: dict[str, FeatureSet] = {}
+    if interleave:
+        gens = {sc.name: extract_features(slide, windows[:, k], exs[k], scale=sc, **kwargs)
+                for k, sc in enumerate(scales)}
+        try:
+            while len(done) < len(gens):
+                for name, gen in gens.items():
+                    if name in done:
+                        continue
+                    try:
+                        yield next(gen)
+                    except StopIteration as stop:
+                        done[name] = stop.value
+        finally:
+            for gen in gens.values():
+                gen.close()
+    else:
+        for k, sc in enumerate(scales):
+            done[sc.name] = yield from extract_features(slide, windows[:, k], exs[k], scale=sc,
+                                                        **kwargs)
+    out: dict[str, FeatureSet] = {}
+    for sc, f in zip(scales, factors, strict=True):
+        fs = done[sc.name]
+        out[sc.name] = FeatureSet(fs.features, grid.coords_xy, grid.tile_size_level0, sc,
+                                  fs.extractor, fs.slide_hash, "extracted",
+                                  {**fs.attrs, "context_factor": float(f)})
     return out

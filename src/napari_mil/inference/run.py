@@ -9,7 +9,8 @@ Three input layouts, chosen from the model (``input_layout`` attribute or archit
 
 - ``bag``: one scale, features ``(1, N, D)`` — ABMIL, the torchmil zoo, mi-Net/FocusMIL.
 - ``concentric``: CS-MIL — per finest tile, fields of view at every card scale
-  ``(1, N, S, D)``.
+  ``(1, N, S, D)``; the fields are embedded in turn, so tiles with every field are scored
+  (partial scores) while the rest are embedded.
 - ``pyramid``: ZoomMIL — every coarsest tile embedded, then only the children of the tiles
   the model selects (quadtree), scale by scale.
 
@@ -396,25 +397,42 @@ def _run_concentric(slide, model, tissue, extractor, settings, device, damage):
     n = len(grid)
     yield RunProgress(RunStage.TILING, 1, 1, message=f"{n} tiles at {finest.name}")
     _check_bag_size(model, n)
-    gen = extract_concentric(slide, grid, extractor, factors, batch_size=settings.batch_size,
-                             device=device, order=_order(grid, settings),
-                             cache=_cache_arg(settings), num_workers=settings.num_workers)
+    gen = extract_concentric(slide, grid, extractor, factors, interleave=True,
+                             batch_size=settings.batch_size, device=device,
+                             order=_order(grid, settings), cache=_cache_arg(settings),
+                             num_workers=settings.num_workers)
+    names = [s.name for s in model.card.scales]  # the model's order of fields
     total = n * len(scales)
-    k = 0
-    while True:
-        try:
-            prog = next(gen)
-        except StopIteration as stop:
-            per_scale = stop.value
-            break
-        done = k * n + prog.done
-        if prog.done == n:
-            k += 1
-        rate = prog.tiles_per_s
-        yield RunProgress(RunStage.FEATURES, min(done, total), total, rate,
-                          (total - done) / rate if rate > 0 else None,
-                          f"Embedding concentric fields at {prog.scale}")
-    names = [s.name for s in model.card.scales]
+    feats = np.zeros((n, len(scales), extractor.card.output_dim), np.float32)
+    have = np.zeros((n, len(scales)), bool)
+    done = dict.fromkeys(names, 0)
+    last = 0.0
+    try:
+        while True:
+            try:
+                prog = next(gen)
+            except StopIteration as stop:
+                per_scale = stop.value
+                break
+            feats[prog.indices, names.index(prog.scale)] = prog.features
+            have[prog.indices, names.index(prog.scale)] = True
+            done[prog.scale] = prog.done
+            d = sum(done.values())
+            rate = prog.tiles_per_s
+            partial = None
+            now = time.perf_counter()
+            if now - last >= settings.partial_interval_s or d == total:
+                idx = np.flatnonzero(have.all(axis=1))  # tiles with every field embedded
+                if len(idx):
+                    last = now
+                    partial = ScaleMap(grid.spec.scale, grid.coords_xy[idx],
+                                       grid.tile_size_level0, instance_scores=_partial_scores(
+                                           model, feats[idx], device))
+            yield RunProgress(RunStage.FEATURES, min(d, total), total, rate,
+                              (total - d) / rate if rate > 0 else None,
+                              f"Embedding concentric fields at {prog.scale}", partial=partial)
+    finally:
+        gen.close()
     x = np.stack([per_scale[s].features for s in names], axis=1)  # (N, S, D)
     from ..tiling.grid import context_windows
 

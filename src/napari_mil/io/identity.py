@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import stat
 import threading
 import time
@@ -84,11 +85,16 @@ class FileIdentity:
                 **self.stamp.to_dict()}
 
 
-def file_stamp(path: PathLike) -> FileStamp:
+def file_stamp(path: PathLike, fd: int | None = None) -> FileStamp:
     """The stamp of ``path`` (``OSError`` when it cannot be read or is not a regular file:
-    a pipe or a device would never end)."""
-    p = Path(path).resolve(strict=True)
-    st = p.stat()
+    a pipe or a device would never end). With ``fd`` (a descriptor open on that file) the
+    stamp is read through it, so a file deleted while it is open still has one."""
+    if fd is not None:
+        p = Path(path).resolve()  # the path it was opened under (it may be gone now)
+        st = os.fstat(fd)
+    else:
+        p = Path(path).resolve(strict=True)
+        st = p.stat()
     if not stat.S_ISREG(st.st_mode):
         raise OSError(f"{p} is not a regular file")
     return FileStamp(str(p), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
@@ -103,8 +109,17 @@ def _default_root() -> Path | None:
         return None
 
 
-def _leaf(path: str, start: int, stop: int) -> bytes:
+def _leaf(path: str, start: int, stop: int, fd: int | None = None) -> bytes:
     h = hashlib.sha256()
+    if fd is not None:  # positional reads: threads share the descriptor, never a position
+        pos = start
+        while pos < stop:
+            chunk = os.pread(fd, min(READ_BYTES, stop - pos), pos)
+            if not chunk:
+                raise OSError(f"the file ended at byte {pos} while it was being read")
+            h.update(chunk)
+            pos += len(chunk)
+        return h.digest()
     with open(path, "rb") as fh:  # one handle per leaf: threads never share a position
         fh.seek(start)
         pos = start
@@ -117,14 +132,15 @@ def _leaf(path: str, start: int, stop: int) -> bytes:
     return h.digest()
 
 
-def _hash_file(path: str, size: int) -> str:
+def _hash_file(path: str, size: int, fd: int | None = None) -> str:
     starts = list(range(0, size, LEAF_BYTES)) or [0]
     if len(starts) == 1:
-        leaves = [_leaf(path, 0, size)]
+        leaves = [_leaf(path, 0, size, fd)]
     else:
         with ThreadPoolExecutor(min(HASH_THREADS, len(starts)),
                                 thread_name_prefix="identity") as pool:
-            leaves = list(pool.map(lambda s: _leaf(path, s, min(size, s + LEAF_BYTES)), starts))
+            leaves = list(pool.map(lambda s: _leaf(path, s, min(size, s + LEAF_BYTES), fd),
+                                   starts))
     root = hashlib.sha256(IDENTITY_ALGORITHM.encode() + b"\0")
     root.update(size.to_bytes(8, "little"))
     for leaf in leaves:
@@ -160,27 +176,35 @@ def _write_disk(root: Path | None, stamp: FileStamp, sha: str) -> None:
         log.debug("identity cache not written (%s)", exc)
 
 
-def file_identity(path: PathLike, *, cache_dir: PathLike | None | bool = None,
+def file_identity(path: PathLike, *, fd: int | None = None,
+                  cache_dir: PathLike | None | bool = None,
                   error: type[NapariMilError] = SlideError) -> FileIdentity:
     """The identity of ``path``: its stamp and the hash of its whole content (cached).
+
+    ``fd``: a descriptor open (for reading) on the file ``path`` named when it was opened;
+    the stamp and the bytes are then read through it (``os.fstat``, ``os.pread``), so a file
+    deleted or renamed while it is open is still identified as POSIX keeps it readable.
+    The caller owns ``fd`` (it is not closed here).
 
     ``cache_dir``: the on-disk cache folder (default: ``identity/`` beside the feature cache;
     ``False``: memory only). Raises ``error`` (:class:`SlideError`) when the file cannot be
     read or keeps changing while it is hashed.
     """
+    if not hasattr(os, "pread"):  # Windows: no positional reads; the path it is
+        fd = None
     root = (None if cache_dir is False else
             _default_root() if cache_dir is None or cache_dir is True else Path(cache_dir))
     try:
         for _attempt in range(3):
-            stamp = file_stamp(path)
+            stamp = file_stamp(path, fd)
             with _MEMORY_LOCK:
                 sha = _MEMORY.get(stamp)
             if sha is None:
                 sha = _read_disk(root, stamp)
             if sha is None:
                 began = time.time_ns()
-                sha = _hash_file(stamp.path, stamp.size)
-                if file_stamp(path) != stamp:  # written to while we read it: read it again
+                sha = _hash_file(stamp.path, stamp.size, fd)
+                if file_stamp(path, fd) != stamp:  # written to while we read it: read it again
                     continue
                 if began - max(stamp.mtime_ns, stamp.ctime_ns) < SETTLE_NS:
                     return FileIdentity(stamp, sha, settled=False)  # not cached

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
+import os
 import threading
 import warnings
 from collections.abc import Iterator, Mapping
@@ -132,12 +133,13 @@ class _DamagedTiles:
             return len(self._tiles)
 
 
-def content_fingerprint(path: PathLike) -> str:
+def content_fingerprint(path: PathLike, fd: int | None = None) -> str:
     """The hash (hex) of the whole content of a slide file; see :mod:`napari_mil.io.identity`
-    (cached by path, size, times and inode, so each version of a file is read once)."""
+    (cached by path, size, times and inode, so each version of a file is read once).
+    ``fd``: a descriptor open on it (read through it: a deleted open file still hashes)."""
     from .identity import file_identity
 
-    return file_identity(path).sha
+    return file_identity(path, fd=fd).sha
 
 
 class _AssociatedImages(Mapping[str, np.ndarray]):
@@ -200,6 +202,12 @@ class Slide:
             self.name = self.path.resolve().parent.name
         self._closed = False
         self._lock = threading.Lock()
+        # the file as opened: its content hash reads through this descriptor, so the file
+        # deleted or replaced while it is open still hashes as the version being read
+        self._resolved = self.path.resolve()
+        self._fd: int | None = None
+        with contextlib.suppress(OSError):
+            self._fd = os.open(self._resolved, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         self._cache = TileCache(TILE_CACHE_BYTES)
         self._fh: FileHandle | None = None
         n = 1 if decode_threads is None else int(decode_threads)
@@ -208,7 +216,11 @@ class Slide:
         self._ts = None
         self._osr = None
         self._damage = _DamagedTiles(self.path.name)
-        readers, info, props, assoc, self.backend = self._open_backend()
+        try:
+            readers, info, props, assoc, self.backend = self._open_backend()
+        except BaseException:
+            self._close_fd()
+            raise
         self.properties: dict[str, str] = props
         self.associated_images: Mapping[str, np.ndarray] = _AssociatedImages(assoc)
         self.native_level_count = len(readers)
@@ -249,8 +261,23 @@ class Slide:
         for this file version: see :mod:`napari_mil.io.identity`)."""
         with self._hash_lock:
             if self._content_hash is None:
-                self._content_hash = content_fingerprint(self.path)
+                fd = None
+                with self._lock:  # a duplicate: closing the slide never pulls it from under us
+                    if self._fd is not None and not self._closed:
+                        fd = os.dup(self._fd)
+                try:
+                    self._content_hash = (content_fingerprint(self._resolved, fd)
+                                          if fd is not None else content_fingerprint(self.path))
+                finally:
+                    if fd is not None:
+                        os.close(fd)
             return self._content_hash
+
+    def _close_fd(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def prefetch_content_hash(self) -> None:
         """Start hashing the file in a background thread (idempotent), so that the first use
@@ -560,6 +587,8 @@ class Slide:
             self._pool.shutdown(wait=True)
         if self._fh is not None:
             self._fh.close()
+        with self._lock:
+            self._close_fd()
         self._cache.clear()
 
     @property

@@ -166,14 +166,21 @@ class ReviewSession:
 
         return self.add_model(load_model(path, card), path)
 
+    def find_model(self, path: str | Path | None) -> ModelEntry | None:
+        """The entry loaded from the checkpoint file ``path``, if any."""
+        if path is None:
+            return None
+        want = Path(path).resolve()
+        return next((e for e in self.models.values()
+                     if e.path is not None and e.path.resolve() == want), None)
+
     def add_model(self, model, path: str | Path | None = None) -> ModelEntry:
         """Add a model loaded elsewhere. The same checkpoint file again updates its entry."""
         path = Path(path) if path is not None else None
-        for entry in self.models.values():
-            if path is not None and entry.path is not None and entry.path.resolve() == \
-                    path.resolve():
-                entry.model, entry.card = model, model.card
-                return entry
+        entry = self.find_model(path)
+        if entry is not None:
+            entry.model, entry.card = model, model.card
+            return entry
         stem = path.stem if path is not None else str(model.card.architecture)
         mid = unique_name(stem, path, self.models)
         entry = ModelEntry(mid, path, model.card, model)
