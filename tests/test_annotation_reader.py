@@ -9,10 +9,8 @@ import pytest
 import shapely
 
 from napari_mil._annotation_reader import napari_get_reader
-from napari_mil.errors import AnnotationError
 from napari_mil.io.annotations import Annotation, AnnotationSet, read_annotations, write_annotations
 from napari_mil.io.slide import open_slide
-from napari_mil.layers import slide_layer_data
 
 pytestmark = pytest.mark.gui
 
@@ -118,99 +116,40 @@ def test_writer_folds_translate_into_level0(tmp_path):
 
 
 @pytest.mark.slow
-def test_agreement_panel_over_the_sample_slide(
-    make_napari_viewer, real_slide_path, tmp_path, qtbot
-):
+def test_annotation_file_errors_in_the_agreement_dock(make_napari_viewer, real_slide_path,
+                                                     tmp_path):
+    """A file with a shape far outside the slide: one clear message that points a GUI user at
+    the checkbox (never ``strict=False``), nothing loaded; ticked, the valid part loads. (The
+    agreement, its live updates and the exports: tests/widgets/test_review_workflow.py.)"""
     from napari_mil._widgets.annotations_dock import AnnotationsDock
-    from napari_mil.compare import tile_coverage
-    from napari_mil.io.tile_maps import TileValues
 
     viewer = make_napari_viewer()
-    slide = open_slide(real_slide_path)
-    mpp = slide.mpp
-    for data, kwargs, _ in slide_layer_data(slide):  # the slide as the app shows it
-        viewer.add_image(data, **kwargs)
     dock = AnnotationsDock(viewer)
     viewer.window.add_dock_widget(dock, name="Annotations & agreement")
-    # coordinates far outside the slide: an error, or (when asked) the valid part + a report
+    entry = dock.session.open_slide(real_slide_path)
     far = Annotation(shapely.box(50_000, 50_000, 60_000, 60_000), class_name="Tumor", name="far")
     bad = write_annotations([*_annotations(), far], tmp_path / "bad.geojson")
-    with pytest.raises(AnnotationError, match="far outside the slide"):
-        dock.load_file(bad, block=True)
+    dock.load_file(bad, block=True)
+    assert "far outside the slide" in dock.last_error and "strict=False" not in dock.last_error
+    assert entry.id not in dock.session.annotations
     dock.lenient.setChecked(True)
     dock.load_file(bad, block=True)
-    assert len(dock.annotations) == 3 and "skipped 1" in dock.status.text()
-    dock.lenient.setChecked(False)
-
-    path = write_annotations(_annotations(), tmp_path / "ann.geojson")
-    dock.load_file(path)  # in a worker thread
-    qtbot.waitUntil(lambda: dock.status.text().startswith(str(path)), timeout=30000)
-    assert "ann" in viewer.layers
+    assert len(dock.session.annotations_of(entry.id)) == 3
     assert [dock.class_list.item(i).text() for i in range(dock.class_list.count())] == [
-        "Tumor",
-        "Stroma",
-    ]
-    dock.set_positive_classes(["Tumor"])
+        "Tumor", "Stroma"]
 
-    w, h = slide.dimensions
-    ys, xs = np.mgrid[0:h:240, 0:w:240]
-    coords = np.c_[xs.ravel(), ys.ravel()]
-    tumour = dock.annotations.area_union(["Tumor"])
-    cov = tile_coverage(coords, 240, tumour)
-    values = 0.8 * cov + 0.1 * np.random.default_rng(0).random(len(coords))
-    dock.add_tile_maps([TileValues(coords, 240, values, name="score", scale="20x", mpp=mpp)])
-    assert dock.layer_combo.currentText() == "score 20x"
-    heat = viewer.layers["score 20x"]
-    # every level-0 pixel of a tile maps (through world µm) onto that tile's heatmap pixel
-    image = viewer.layers[0]
-    for x, y in coords[[0, 7, len(coords) - 1]]:
-        for dx, dy in ((0, 0), (239, 239), (120, 3)):
-            world = image.data_to_world((y + dy, x + dx))
-            assert np.round(heat.world_to_data(world)).tolist() == [y // 240, x // 240]
-
-    rep = dock.compute()
-    assert rep.classes == ("Tumor",) and rep.auroc > 0.95 and rep.n_positive > 0
-    assert "AUROC" in dock.metrics.text()
-    assert len(dock.figure.axes) == 2 and dock.figure.axes[0].lines
-    dis = viewer.layers["disagreement score 20x"]
-    before = dis.data.copy()
-    dice_before = rep.dice
-    dock.threshold.setValue(95)  # live update: Dice and the disagreement layer change
-    assert dock.report.threshold == 0.95 and dock.report.dice != dice_before
-    assert (dis.data == 2).sum() > (before == 2).sum()
-
-    # exports from the dock
-    tiles = dock.export_tiles(tmp_path / "tiles.geojson")
-    assert len(read_annotations(tiles)) == len(coords)
-    heat = dock.export_heatmap(tmp_path / "heat.ome.tif")
-    assert json.loads((tmp_path / "heat.ome.tif.json").read_text())["downsample"] == 240
-    assert dock.export_annotations(tmp_path / "back.geojson").exists()
-    dock.top_k.setValue(3)
-    crops = dock.export_crops(tmp_path / "crops", "top-k")
-    assert len(crops) == 3 and all(p.with_suffix(".json").exists() for p in crops)
-    shapes = viewer.layers["ann"]
-    viewer.layers.selection.active = shapes
-    shapes.selected_data = {0}
-    (crop,) = dock.export_crops(tmp_path / "sel", "selected")
-    meta = json.loads(crop.with_suffix(".json").read_text())
-    assert (
-        meta["bounds_level0_xyxy"] == [400, 300, 1400, 1200]
-        and meta["slide_hash"] == slide.content_hash
-    )
-    slide.close()
-
-
-def test_non_lesion_classes_start_unticked(make_napari_viewer):
+def test_non_lesion_classes_start_unticked(make_napari_viewer, real_slide_path):
     from napari_mil._widgets.annotations_dock import AnnotationsDock
 
     dock = AnnotationsDock(make_napari_viewer())
+    dock.session.open_slide(real_slide_path)
     anns = AnnotationSet((
         Annotation(shapely.box(0, 0, 100, 100), class_name="Tumor", name="t"),
         Annotation(shapely.box(0, 0, 900, 900), class_name="Tissue", name="all"),
         Annotation(shapely.box(200, 200, 300, 300), class_name="Other", name="o"),
     ))
-    dock.set_annotations(anns)
+    dock.session.set_annotations(None, anns)
     assert dock.positive_classes() == ["Tumor"]
     only_tissue = AnnotationSet((anns[1],))  # nothing else to call positive: keep it ticked
-    dock.set_annotations(only_tissue)
+    dock.session.set_annotations(None, only_tissue)
     assert dock.positive_classes() == ["Tissue"]
