@@ -16,7 +16,7 @@ from pathlib import Path
 from ..errors import NapariMilError
 from ..io.atomic import atomic_write_text
 from ..io.samples import SAMPLE_SLIDE, sample_dir, sample_file
-from .view_app import open_session, save_screenshot, settle
+from .view_app import open_session, save_screenshot, settle, wait_idle
 
 #: the checkpoint the demo runs when none is given
 DEFAULT_MODEL = "model-abmil.safetensors"
@@ -39,16 +39,8 @@ def _add_dock(viewer):
 
 
 def _wait(dock, timeout_s: float = 1800.0) -> None:
-    """Process Qt events until the dock's run and its layer updates are finished."""
-    from qtpy.QtWidgets import QApplication
-
-    t0 = time.perf_counter()
-    while dock.is_busy:
-        QApplication.processEvents()
-        time.sleep(0.01)
-        if time.perf_counter() - t0 > timeout_s:
-            dock.cancel()
-            raise NapariMilError(f"The demo run did not finish within {timeout_s:.0f} s.")
+    """Wait until the dock's run and its layer updates are finished; its error is raised."""
+    wait_idle(dock, timeout_s)
     if dock.last_error:
         raise NapariMilError(dock.last_error)
 
