@@ -57,12 +57,13 @@ def test_checkpoint_card_and_wrong_checkpoint_changes_nothing(dock_setup, tmp_pa
 def test_run_fills_in_progressively_and_ends_with_final_layers(dock_setup, qtbot) -> None:
     viewer, dock, path, image = dock_setup
     result = analyse(path, image, dock.model)
-    dock.run_fn = fake_run(result, steps=5, delay_s=0.05)
+    # long enough for a partial update after the run's empty layers are staged in
+    dock.run_fn = fake_run(result, steps=8, delay_s=0.2)
     assert dock.slide_combo.currentText() == "lesion"
     assert dock.run()
     _wait_idle(qtbot, dock)
     assert dock.worker is None and dock.last_error is None
-    assert len(dock.progress_log) == 5
+    assert len(dock.progress_log) == 8
     assert [p.done for p in dock.progress_log] == sorted(p.done for p in dock.progress_log)
     assert dock.first_partial_s is not None
     assert dock.result is result
@@ -84,17 +85,18 @@ def test_cancel_mid_run_leaves_no_worker_and_no_half_layer(dock_setup, qtbot) ->
     log: list[str] = []
     dock.run_fn = fake_run(result, steps=200, delay_s=0.05, log=log)
     names_before = [lyr.name for lyr in viewer.layers]
-    layer = viewer.layers["lesion · tiny · instance scores [20x]"]  # empty, with the checkpoint
-    assert layer.metadata["placeholder"] and np.isnan(layer.data).all()
     dock.run()
+    name = "lesion · tiny · instance scores [20x]"
+    qtbot.waitUntil(lambda: name in viewer.layers, timeout=10000)  # added empty, staged
+    layer = viewer.layers[name]
     qtbot.waitUntil(lambda: layer.metadata.get("partial") is True, timeout=10000)
     assert np.isfinite(layer.data).any()
     dock.cancel()
     _wait_idle(qtbot, dock)
     qtbot.waitUntil(lambda: log == ["closed"], timeout=5000)  # run_slide's generator was closed
     assert dock.worker is None and dock.result is None
-    assert [lyr.name for lyr in viewer.layers] == names_before
-    assert np.isnan(layer.data).all() and "partial" not in layer.metadata  # nothing half-drawn
+    # the layers made for the run (half-drawn) are gone: the layer list is as before it
+    assert [lyr.name for lyr in viewer.layers] == names_before and name not in viewer.layers
     assert "Cancel" in dock.status_label.text()
 
 
@@ -245,7 +247,7 @@ def test_error_mid_run_is_notified_and_leaves_no_half_layer(dock_setup, qtbot) -
     assert dock.result is None and dock.run_btn.isEnabled()
 
 
-def test_checkpoint_loads_in_a_worker_and_its_layers_arrive_staged(
+def test_checkpoint_loads_in_a_worker_and_a_run_adds_its_layers_staged(
         make_napari_viewer, lesion_slide, tiny_checkpoint, qtbot) -> None:
     viewer = make_napari_viewer()
     add_slide_layer(viewer, lesion_slide[0])
@@ -254,6 +256,17 @@ def test_checkpoint_loads_in_a_worker_and_its_layers_arrive_staged(
     assert not dock.checkpoint_btn.isEnabled()
     qtbot.waitUntil(lambda: dock.session.active_model == "tiny" and not dock.is_busy
                     and dock.checkpoint_btn.isEnabled(), timeout=60000)
-    layer = viewer.layers["lesion · tiny · instance scores [20x]"]
-    assert layer.metadata["placeholder"] and layer.metadata["session_slide"] == "lesion"
     assert "minet" in dock.card_label.text()
+    # loading adds no layer (nothing to show yet); a run adds its empty layers one per
+    # event-loop turn before its first values
+    assert not [lyr.name for lyr in viewer.layers if " · tiny · " in lyr.name]
+    result = analyse(*lesion_slide, dock.model)
+    dock.run_fn = fake_run(result, steps=50, delay_s=0.05)
+    assert dock.run()
+    assert not [lyr.name for lyr in viewer.layers if " · tiny · " in lyr.name]  # staged
+    name = "lesion · tiny · instance scores [20x]"
+    qtbot.waitUntil(lambda: name in viewer.layers, timeout=10000)
+    layer = viewer.layers[name]
+    assert layer.metadata["session_slide"] == "lesion"
+    dock.cancel()
+    _wait_idle(qtbot, dock)

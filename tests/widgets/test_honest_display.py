@@ -3,6 +3,7 @@ describes the layer on screen, units on every layer, no drawing-mode trap."""
 
 from __future__ import annotations
 
+import time
 import warnings
 
 import numpy as np
@@ -105,7 +106,7 @@ def test_a_csmil_run_shows_partial_scores_in_the_dock(make_napari_viewer, review
     viewer.open(str(review_slide[0]), plugin="napari-mil")
     dock = AnalysisDock(viewer)
     viewer.window.add_dock_widget(dock)
-    dock.settings_overrides = {"use_cache": False, "num_workers": 1, "batch_size": 4,
+    dock.settings_overrides = {"use_cache": False, "num_workers": 1, "batch_size": 1,
                                "partial_interval_s": 0.0, "device": "cpu"}
     assert dock.load_checkpoint(sample_file("model-csmil.safetensors")), dock.last_error
     name = "case-01 · model-csmil · instance scores [20x]"
@@ -115,6 +116,19 @@ def test_a_csmil_run_shows_partial_scores_in_the_dock(make_napari_viewer, review
         if name in viewer.layers and viewer.layers[name].metadata.get("partial"):
             seen.append(int(np.isfinite(viewer.layers[name].data).sum()))
 
+    real_run_iter = dock.session.run_iter
+
+    def paced_run_iter(*args, **kwargs):  # a slide large enough to watch: 50 ms per update
+        inner = real_run_iter(*args, **kwargs)
+        while True:
+            try:
+                update = next(inner)
+            except StopIteration as stop:
+                return stop.value  # the result
+            time.sleep(0.05)
+            yield update
+
+    dock.session.run_iter = paced_run_iter
     viewer.layers.events.inserted.connect(record)
     timer_id = dock.startTimer(20)
     dock.timerEvent = lambda _e: record()

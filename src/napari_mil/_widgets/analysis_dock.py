@@ -79,7 +79,6 @@ class AnalysisDock(SessionBinding, RunControl, QWidget):
         self.last_error: str | None = None
         self.progress_log: list[Any] = []
         self.run_warnings: list[str] = []  # warnings raised in the last run (damaged tiles, …)
-        self._staged_prepare = False
         self._adopting: set[str] = set()  # slide files being opened for layers from File ▸ Open
         self._run_layers: set[str] = set()
         self._run_id = 0

@@ -181,8 +181,8 @@ class SessionBinding:
             self.cancel()
             self._prepare_after_run = True
             self.status_label.setText("Slide changed: the run was cancelled.")
-        elif self.model is not None and not self.is_busy:
-            self.prepare_layers()
+        elif not self.is_busy:
+            self.drop_placeholders()
 
     def current_slide_layer(self):
         sid = self.session.active_slide
@@ -217,11 +217,8 @@ class SessionBinding:
         if self.is_running and self._run_key is not None and self._run_key.model != mid:
             self.cancel()
             self._prepare_after_run = True
-        elif entry is not None and not self.is_busy:
-            if self._staged_prepare:
-                self.prepare_layers_staged()
-            else:
-                self.prepare_layers()
+        elif not self.is_busy:
+            self.drop_placeholders()  # the next run makes its own
         self._sync_result()
 
     def _on_session_result(self, *_args) -> None:
@@ -260,8 +257,7 @@ class SessionBinding:
             self.checkpoint_btn.setEnabled(False)
             worker = create_worker(_load_and_warm, path, self.device_combo.currentText(),
                                    _ignore_errors=True)
-            worker.returned.connect(lambda out: self._add_model(out[0], path, out[1],
-                                                                staged=True))
+            worker.returned.connect(lambda out: self._add_model(out[0], path, out[1]))
             worker.errored.connect(self.notify_error)
             worker.finished.connect(lambda: self.checkpoint_btn.setEnabled(True))
             self._load_worker = worker
@@ -277,27 +273,22 @@ class SessionBinding:
         self._add_model(model, path, extractor)
         return True
 
-    def _add_model(self, model, path, extractor, *, staged: bool = False) -> None:
-        """The loaded model into the session; ``staged``: its empty layers are added one per
-        event-loop turn (the button's path), else at once (scripts)."""
+    def _add_model(self, model, path, extractor) -> None:
+        """The loaded model into the session, as the active model (no layers yet: a run adds
+        them)."""
         if self._closed:
             return
-        self._staged_prepare = staged
-        try:
-            reloaded = self.session.find_model(path)
-            if (reloaded is not None and self.is_running and self._run_key is not None
-                    and self._run_key.model == reloaded.id):
-                # its weights are being replaced: the running result would not be theirs
-                self.cancel()
-                self._prepare_after_run = True
-            entry = self.session.add_model(model, path)
-            self._extractor, self._extractor_of = extractor, entry.id
-            freeze_long_lived()  # the model and torch stay: no later gc.collect walks them
-            self.session.set_active_model(entry)
-        finally:
-            self._staged_prepare = False
+        reloaded = self.session.find_model(path)
+        if (reloaded is not None and self.is_running and self._run_key is not None
+                and self._run_key.model == reloaded.id):
+            # its weights are being replaced: the running result would not be theirs
+            self.cancel()
+            self._prepare_after_run = True
+        entry = self.session.add_model(model, path)
+        self._extractor, self._extractor_of = extractor, entry.id
+        freeze_long_lived()  # the model and torch stay: no later gc.collect walks them
+        self.session.set_active_model(entry)
         self.status_label.setText(f"Loaded {Path(path).name} as {entry.id}.")
-
 
     # ------------------------------------------------------------------ files
     def save_result(self, path, *, overwrite: bool = False) -> Path:

@@ -9,7 +9,7 @@ import numpy as np
 
 __all__ = ["is_layer_type", "upsert_layer", "upsert_layers", "remove_layers", "find_layer",
            "write_layer", "add_missing_layers", "is_placeholder", "freeze_long_lived",
-           "warm_first_use", "warm_canvas"]
+           "warm_first_use", "warm_canvas", "keep_selection", "collect_young_on_removal"]
 
 _UPDATABLE = ("scale", "translate", "colormap", "contrast_limits", "metadata", "features",
               "edge_color", "text")
@@ -65,7 +65,8 @@ def upsert_layer(viewer, data, kwargs: dict, layer_type: str):
     if layer is not None:
         viewer.layers.remove(layer)
     layer = Layer.create(data, dict(kwargs), layer_type)
-    viewer.add_layer(layer)
+    with keep_selection(viewer):
+        viewer.add_layer(layer)
     return layer
 
 
@@ -106,6 +107,66 @@ def _update_shape_colors(layer, kwargs: dict) -> None:
 
 def upsert_layers(viewer, tuples: Iterable[tuple]) -> list:
     return [upsert_layer(viewer, *t) for t in tuples]
+
+
+@contextlib.contextmanager
+def keep_selection(viewer):
+    """Add layers without selecting them: napari makes each inserted layer the only selected
+    one (its controls swap in, the buttons restyle), which costs time on every addition and
+    takes the selection from what the user was working on (e.g. the shapes being drawn)."""
+    layers = viewer.layers
+    before = getattr(layers, "_activate_on_insert", None)
+    if before is None:
+        yield
+        return
+    layers._activate_on_insert = False
+    try:
+        yield
+    finally:
+        layers._activate_on_insert = before
+
+
+class _YoungCollector:
+    """Stands in for the ``gc`` module inside napari's canvas (see
+    :func:`collect_young_on_removal`): ``collect()`` there collects the young generations."""
+
+    def __getattr__(self, name: str):
+        import gc
+
+        return getattr(gc, name)
+
+    @staticmethod
+    def collect(generation: int = 2) -> int:
+        import gc
+
+        return gc.collect(min(generation, 1))
+
+
+def collect_young_on_removal() -> bool:
+    """napari's canvas runs a full ``gc.collect()`` after every layer removal — a work-around
+    for a Windows OpenGL driver race — and a full collection walks every object of the
+    process (napari, torch, a model): 100–250 ms of frozen viewer per removal. Elsewhere the
+    young generations are collected there instead (the removed layer's visual was made
+    recently or is freed by reference counting; older garbage waits for Python's own
+    collections). Returns whether it applies (not on Windows, napari's canvas as expected)."""
+    import sys
+
+    if sys.platform == "win32":
+        return False
+    try:
+        from napari._vispy import canvas
+    except ImportError:
+        return False
+    import gc
+    from types import ModuleType
+
+    current = getattr(canvas, "gc", None)
+    if isinstance(current, _YoungCollector):
+        return True
+    if not (isinstance(current, ModuleType) and current is gc):
+        return False
+    canvas.gc = _YoungCollector()
+    return True
 
 
 def remove_layers(viewer, names: Iterable[str]) -> None:
@@ -196,10 +257,11 @@ def add_missing_layers(viewer, tuples: Iterable[tuple]) -> list[str]:
     from napari.layers import Layer
 
     added = []
-    for data, kwargs, kind in tuples:
-        if find_layer(viewer, kwargs["name"]) is None:
-            viewer.add_layer(Layer.create(data, dict(kwargs), kind))
-            added.append(kwargs["name"])
+    with keep_selection(viewer):
+        for data, kwargs, kind in tuples:
+            if find_layer(viewer, kwargs["name"]) is None:
+                viewer.add_layer(Layer.create(data, dict(kwargs), kind))
+                added.append(kwargs["name"])
     return added
 
 

@@ -3,8 +3,8 @@
 A mixin of :class:`~napari_mil._widgets.analysis_dock.AnalysisDock` (it uses the dock's widgets
 and viewer). The worker iterates ``run_slide`` and builds the layers' arrays
 (``run_payload``); everything here runs on the main thread and only writes ready values into
-layers that exist already (added empty when a checkpoint or slide is chosen), so the viewer does
-not stall while a run streams in. Closing the viewer stops and joins the run.
+layers that exist already (added empty, one per event-loop turn, when the run starts), so the
+viewer does not stall while a run streams in. Closing the viewer stops and joins the run.
 """
 
 from __future__ import annotations
@@ -95,32 +95,30 @@ class RunControl:
         return tuples
 
     def prepare_layers(self, slide=None) -> list[str]:
-        """Add the next run's layers, empty, before it starts (adding layers is what stalls
-        napari; a run then only writes values). Unused empty layers of other slides go."""
+        """Add the next run's layers, empty, at once (scripts); unused empty layers go."""
         try:
             tuples = self.placeholder_tuples(slide)
         except NapariMilError:
             return []
         names = {kw["name"] for _d, kw, _k in tuples}
-        stale = [lyr.name for lyr in self.viewer.layers
-                 if is_placeholder(lyr) and lyr.name not in names]
-        remove_layers(self.viewer, stale)
+        self.drop_placeholders(keep=names)
         return add_missing_layers(self.viewer, tuples)
 
     def prepare_layers_staged(self) -> None:
-        """:meth:`prepare_layers`, one layer per event-loop turn: creating layers is what
-        stalls napari, so the viewer paints and takes input between two of them."""
-        try:
-            tuples = self.placeholder_tuples()
-        except NapariMilError:
-            return
+        """The run's empty layers, one per event-loop turn, ahead of its first values (the
+        Run button's path): adding a layer is what stalls napari, so the viewer paints and
+        takes input between two of them, and the run's updates only write values."""
+        tuples = self.placeholder_tuples()
         names = {kw["name"] for _d, kw, _k in tuples}
-        stale = [lyr.name for lyr in self.viewer.layers
-                 if is_placeholder(lyr) and lyr.name not in names]
-        if stale:
-            self._stage(lambda: remove_layers(self.viewer, stale))
+        if any(is_placeholder(lyr) and lyr.name not in names for lyr in self.viewer.layers):
+            self._stage(lambda: self.drop_placeholders(keep=names))
         for t in tuples:
             self._stage(lambda t=t: add_missing_layers(self.viewer, [t]))
+
+    def drop_placeholders(self, keep=frozenset()) -> None:
+        """Remove empty layers no run is going to fill (the model or slide changed)."""
+        remove_layers(self.viewer, [lyr.name for lyr in self.viewer.layers
+                                    if is_placeholder(lyr) and lyr.name not in keep])
 
     # ------------------------------------------------------------------ running
     @property
@@ -177,7 +175,7 @@ class RunControl:
                 return False
             slide = s.slide().slide
             settings = self.make_settings(slide)
-            self.prepare_layers()  # normally there already (added at checkpoint load)
+            self.placeholder_tuples()  # a card the slide cannot take fails here, not staged
         except (NapariMilError, OSError) as exc:
             self.notify_error(exc)
             return False
@@ -222,6 +220,7 @@ class RunControl:
         self._prepare_after_run = False
         self._settle_pending = True
         self.last_error = None
+        self.prepare_layers_staged()  # after the reset above: staged under this run's id
         self.run_btn.setEnabled(False)
         self.cancel_btn.setEnabled(True)
         self._set_bar(0, 1)  # not the busy indicator: it animates, i.e. repaints all the time
@@ -383,25 +382,28 @@ class RunControl:
             self.gallery.refresh(outcome.thumbnails)
 
     def _drop_run_layers(self) -> None:
-        """Take a stopped run's values out of the viewer: its layers show the previous result
-        again, or are empty (as before the run); nothing half-drawn stays."""
+        """Take a stopped run's values out of the viewer: the layers of an earlier result of
+        the same model show it again; the layers made for this run (empty or half-drawn) go,
+        so nothing half-drawn stays and the layer list is as it was before the run."""
         self._run_id += 1  # staged updates of this run become no-ops
         self._ui_queue.clear()
         self._pending_partial = None
         self._partial_scheduled = False
         if self._closed:
             return
-        try:
-            empty = {kw["name"]: (d, kw, k) for d, kw, k in self.placeholder_tuples()}
-        except (NapariMilError, OSError):
-            empty = {}
-        for name in sorted(self._run_layers):
-            if name in empty:
-                write_layer(self.viewer, *empty[name])
-            else:
-                remove_layers(self.viewer, [name])
+        key = self._run_key
+        earlier = self.session.results.get(key) if key is not None else None
+        keep = set()
+        if earlier is not None:
+            with contextlib.suppress(NapariMilError, OSError):
+                keep = {kw["name"] for _d, kw, _k in self.layers_view.result_tuples(key, earlier)}
+        group = "" if key is None else f"{key.slide} · {key.model} · "
+        made = [lyr.name for lyr in self.viewer.layers
+                if lyr.name not in keep and (lyr.name in self._run_layers or (
+                    is_placeholder(lyr) and group and lyr.name.startswith(group)))]
+        remove_layers(self.viewer, made)
         self._run_layers = set()
-        if self.result is not None:
+        if self.result is not None or earlier is not None:
             self.redraw_layers()
 
     def _on_error(self, exc: BaseException) -> None:
@@ -423,7 +425,7 @@ class RunControl:
         self._set_bar(1 if self.result is not None else 0, 1)
         if self._prepare_after_run:  # the model or the slide changed during the run
             self._prepare_after_run = False
-            self._stage(self.prepare_layers)
+            self._stage(self.drop_placeholders)
         if not self._ui_queue:
             self._maybe_settled()
 

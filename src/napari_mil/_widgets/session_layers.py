@@ -15,7 +15,13 @@ from dataclasses import replace
 from typing import Any
 
 from ..session import ResultKey, ReviewSession, layer_name
-from .layer_sync import find_layer, remove_layers, write_layer
+from .layer_sync import (
+    collect_young_on_removal,
+    find_layer,
+    keep_selection,
+    remove_layers,
+    write_layer,
+)
 
 __all__ = ["SessionLayers", "session_for", "DISPLAY_DEFAULTS", "key_of", "slide_of",
            "connect_all", "disconnect_all"]
@@ -65,6 +71,7 @@ class SessionLayers:
     def __init__(self, viewer, session: ReviewSession | None = None) -> None:
         self.viewer = viewer
         self.session = session if session is not None else ReviewSession()
+        collect_young_on_removal()  # removing a layer must not freeze the viewer
         self._hidden: dict[str, set[str]] = {}  # slide id -> its layers hidden while inactive
         s = self.session
         self._slots = connect_all([
@@ -169,7 +176,8 @@ class SessionLayers:
         from napari.layers import Layer
 
         layer = Layer.create(data, kwargs, kind)
-        self.viewer.layers.insert(self._slide_index(), layer)
+        with keep_selection(self.viewer):
+            self.viewer.layers.insert(self._slide_index(), layer)
         if entry.id != self.session.active_slide:
             layer.visible = False
             self._hidden.setdefault(entry.id, set()).add(layer.name)
