@@ -81,7 +81,8 @@ def test_open_run_two_models_compare_export_save_reload(make_napari_viewer, qtbo
     assert annotations.table.item(0, 0).text() in (a, z)
     annotations.select(a, "instance scores", "20x")
     assert annotations.report.auroc > 0.8  # ABMIL's scores find the lesion
-    assert any(lyr.metadata.get("kind") == "disagreement" for lyr in viewer.layers)
+    qtbot.waitUntil(lambda: any(lyr.metadata.get("kind") == "disagreement"
+                                for lyr in viewer.layers), timeout=10_000)
     # the threshold is the session's; the table follows it
     annotations.threshold.setValue(20)
     qtbot.waitUntil(lambda: annotations.rows and annotations.rows[0].report.threshold == 0.2,

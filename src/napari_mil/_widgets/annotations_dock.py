@@ -15,7 +15,6 @@ The dock keeps no review state: everything it shows comes from the session.
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +46,8 @@ from ..compare import NON_LESION_CLASS, AgreementReport
 from ..errors import NapariMilError
 from ..io.annotations import AnnotationSet
 from .agreement_export import ExportActions
+from .curves_view import CurvesView
+from .display import fmt_metric
 from .session_layers import VIEWER_SHAPES, SessionLayers, connect_all, disconnect_all, slide_of
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,13 @@ class AnnotationsDock(ExportActions, QWidget):
         self._timer.setSingleShot(True)
         self._timer.setInterval(60)
         self._timer.timeout.connect(lambda: self.compute(block=False))
+        # the disagreement layer is written in an event-loop turn of its own (adding a layer
+        # is napari's costliest step: not in the same turn as the table and the read-out)
+        self._disagreement_row = None
+        self._disagreement_timer = QTimer(self)
+        self._disagreement_timer.setSingleShot(True)
+        self._disagreement_timer.setInterval(0)
+        self._disagreement_timer.timeout.connect(self._write_disagreement)
         self._build()
         s = self.session
         self._slots = connect_all([
@@ -194,13 +202,8 @@ class AnnotationsDock(ExportActions, QWidget):
         self.legend = QLabel(_legend_html())
         self.legend.setWordWrap(True)
         lay.addWidget(self.legend)
-        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-        from matplotlib.figure import Figure
-
-        self.figure = Figure(figsize=(4, 2.2), layout="constrained")
-        self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(190)
-        lay.addWidget(self.canvas)
+        self.curves = CurvesView()  # drawn in a worker: choosing a row never freezes the viewer
+        lay.addWidget(self.curves)
         return page
 
     def _build_export(self) -> QWidget:
@@ -413,7 +416,9 @@ class AnnotationsDock(ExportActions, QWidget):
 
     @property
     def is_busy(self) -> bool:
-        return bool(self._workers) or self._timer.isActive()
+        """Agreement, its curves or its disagreement layer are still on the way."""
+        return (bool(self._workers) or self._timer.isActive() or self.curves.is_busy
+                or self._disagreement_timer.isActive())
 
     def _show(self, rows: list, message: str = "") -> None:
         previous = self.selected_row()
@@ -466,24 +471,16 @@ class AnnotationsDock(ExportActions, QWidget):
         if curves != getattr(self, "_curves_key", None):  # ROC/PR do not depend on the threshold
             self._curves_key = curves
             self._draw_curves(row.report)
-        self._update_disagreement(row)
+        self._disagreement_row = row
+        self._disagreement_timer.start()
+
+    def _write_disagreement(self) -> None:
+        row, self._disagreement_row = self._disagreement_row, None
+        if row is not None and any(r is row for r in self.rows):  # still a row shown
+            self._update_disagreement(row)
 
     def _draw_curves(self, rep: AgreementReport) -> None:
-        self.figure.clear()
-        ax1, ax2 = self.figure.subplots(1, 2)
-        ax1.plot(rep.roc.x, rep.roc.y, color="C0")
-        ax1.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls="--")
-        ax1.set(title=f"ROC (AUC {_f(rep.auroc)})", xlabel="false pos. rate",
-                ylabel="true pos. rate", xlim=(0, 1), ylim=(0, 1.02))
-        ax2.step(rep.pr.x, rep.pr.y, where="post", color="C1")
-        ax2.set(title=f"PR (AP {_f(rep.average_precision)})", xlabel="recall",
-                ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
-        for ax in (ax1, ax2):
-            ax.title.set_fontsize(8)
-            ax.tick_params(labelsize=7)
-            ax.xaxis.label.set_fontsize(7)
-            ax.yaxis.label.set_fontsize(7)
-        self.canvas.draw_idle()
+        self.curves.show_report(rep)
 
     def _update_disagreement(self, row) -> None:
         """One disagreement layer per slide: the selected row's, replaced when it changes."""
@@ -532,8 +529,7 @@ def _legend_html() -> str:
     return "Disagreement layer: " + "  ".join(parts)
 
 
-def _f(v) -> str:
-    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+_f = fmt_metric
 
 
 def _format_report(row) -> str:

@@ -12,7 +12,8 @@ from qtpy.QtWidgets import QGridLayout, QHBoxLayout, QLabel, QProgressBar, QVBox
 
 from ..io import SLIDE_SUFFIXES
 
-__all__ = ["ProbabilityView", "ColorBar", "colormap_rgba", "card_html", "fmt_eta", "slide_path_of"]
+__all__ = ["ProbabilityView", "ColorBar", "colormap_rgba", "card_html", "fmt_eta", "fmt_metric",
+           "slide_path_of"]
 
 
 def colormap_rgba(name: str, n: int = 256) -> np.ndarray:
@@ -128,6 +129,13 @@ def card_html(card) -> str:
     return (f"<b>{card.architecture}</b> — classes: {', '.join(card.class_names)}<br>"
             f"scales: {scales}<br>extractor: {ext} (feature dim {card.feature_dim})"
             + (f"<br><i>{card.description}</i>" if card.description else ""))
+
+
+def fmt_metric(v) -> str:
+    """A metric to 3 decimals; "—" where it is undefined (None or NaN)."""
+    import math
+
+    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
 
 
 def fmt_eta(eta_s: float | None) -> str:

@@ -8,7 +8,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["heatmap_overlay_png", "curves_png", "probabilities_png", "tile_jpeg"]
+__all__ = ["heatmap_overlay_png", "curves_png", "probabilities_png", "tile_jpeg",
+           "agreement_curves_rgba"]
 
 #: side (px) of the gallery's tile pictures
 TILE_PX = 192
@@ -89,6 +90,30 @@ def curves_png(curves: Sequence[tuple[str, np.ndarray, np.ndarray, float]], *, k
     if any(not line.get_label().startswith("_") for line in ax.lines):  # not the diagonal alone
         ax.legend(fontsize=6, loc="lower right" if kind == "roc" else "lower left")
     return _png(fig)
+
+
+def agreement_curves_rgba(roc: tuple[np.ndarray, np.ndarray], pr: tuple[np.ndarray, np.ndarray],
+                          *, auroc: str, ap: str, width_px: int, height_px: int,
+                          dpi: float = DPI) -> np.ndarray:
+    """One agreement row's ROC and precision–recall curves side by side, as an RGBA array of
+    ``height_px × width_px`` (a review dock shows it; drawn in any thread, no Qt)."""
+    fig = _figure(max(width_px, 120) / dpi, max(height_px, 80) / dpi)
+    fig.set_dpi(dpi)
+    ax1, ax2 = fig.subplots(1, 2)
+    ax1.plot(roc[0], roc[1], color="C0")
+    ax1.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls="--")
+    ax1.set(title=f"ROC (AUC {auroc})", xlabel="false pos. rate", ylabel="true pos. rate",
+            xlim=(0, 1), ylim=(0, 1.02))
+    ax2.step(pr[0], pr[1], where="post", color="C1")
+    ax2.set(title=f"PR (AP {ap})", xlabel="recall", ylabel="precision", xlim=(0, 1),
+            ylim=(0, 1.02))
+    for ax in (ax1, ax2):
+        ax.title.set_fontsize(8)
+        ax.tick_params(labelsize=7)
+        ax.xaxis.label.set_fontsize(7)
+        ax.yaxis.label.set_fontsize(7)
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba()).copy()
 
 
 def probabilities_png(class_names: Sequence[str], probabilities: np.ndarray) -> bytes:
