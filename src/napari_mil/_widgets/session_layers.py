@@ -72,7 +72,7 @@ class SessionLayers:
             (s.active_slide_changed, self._on_active_slide),
             (s.result_added, self._on_result_added),
             (s.result_removed, self._on_result_removed),
-            (s.annotations_changed, self._on_annotations)])
+            (s.annotations_changed, self._on_annotations), (s.tissue_changed, self._on_tissue)])
 
     @classmethod
     def of(cls, viewer, session: ReviewSession | None = None) -> SessionLayers:
@@ -124,6 +124,8 @@ class SessionLayers:
             self._on_slide_added(entry)
         for sid in s.annotations:
             self._on_annotations(sid)
+        for sid in s.tissue:
+            self._on_tissue(sid)
         for key, result in s.results.items():
             self._on_result_added(key, result)
         visible = s.view.get("visible_layers")
@@ -306,6 +308,11 @@ class SessionLayers:
                                     f"{a} is higher, pink where {b} is",
                          "n_tiles": len(diff)}})
         write_layer(self.viewer, arr, kwargs, "image")
+
+    def _on_tissue(self, sid: str) -> None:
+        from .tissue_layer import draw_tissue
+
+        draw_tissue(self, sid)
 
     # ------------------------------------------------------------------ annotations
     def _on_annotations(self, sid: str) -> None:
