@@ -15,6 +15,7 @@ from dataclasses import replace
 from typing import Any
 
 from ..session import ResultKey, ReviewSession, layer_name
+from .label_declutter import LabelDeclutter
 from .layer_sync import find_layer, remove_layers, write_layer
 
 __all__ = ["SessionLayers", "session_for", "DISPLAY_DEFAULTS", "key_of", "slide_of",
@@ -73,6 +74,7 @@ class SessionLayers:
             (s.result_added, self._on_result_added),
             (s.result_removed, self._on_result_removed),
             (s.annotations_changed, self._on_annotations), (s.tissue_changed, self._on_tissue)])
+        self.labels = LabelDeclutter(viewer)  # top-k labels shown only where they fit
 
     @classmethod
     def of(cls, viewer, session: ReviewSession | None = None) -> SessionLayers:
@@ -90,6 +92,7 @@ class SessionLayers:
 
     def detach(self) -> None:
         disconnect_all(self._slots)
+        self.labels.close()
 
     # ------------------------------------------------------------------ display settings
     @property
