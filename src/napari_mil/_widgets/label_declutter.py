@@ -44,9 +44,10 @@ def label_size_px(text: str, size_pt: float) -> tuple[float, float]:
 
 
 def _anchor_offsets(anchor: str, w: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Where a label's box starts relative to its anchor point (screen x right, y down)."""
+    """Where a label's box starts relative to its anchor point (screen x right, y down): napari
+    draws an ``upper_left`` label above the shape's top-left corner, reading rightwards."""
     dx = {"upper_left": 0.0, "lower_left": 0.0, "upper_right": -1.0, "lower_right": -1.0}
-    dy = {"upper_left": 0.0, "upper_right": 0.0, "lower_left": -1.0, "lower_right": -1.0}
+    dy = {"upper_left": -1.0, "upper_right": -1.0, "lower_left": 0.0, "lower_right": 0.0}
     return w * dx.get(anchor, -0.5), h * dy.get(anchor, -0.5)
 
 
