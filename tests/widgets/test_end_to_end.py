@@ -87,7 +87,7 @@ def test_run_slide_in_the_dock_finds_the_lesion(make_napari_viewer, trained, qtb
     assert stages[0] == "tissue" and stages[-1] == "done" and "features" in stages
     assert any(p.partial is not None for p in dock.progress_log)
     names = {lyr.name for lyr in viewer.layers}
-    assert {"synth · probe · instance scores [20x]", "synth · probe · tissue",
+    assert {"synth · probe · instance scores [20x]", "synth · tissue mask",
             "synth · probe · top-10 [20x]"} <= names
     assert not any(lyr.metadata.get("partial") for lyr in viewer.layers)
     # aligned: the high-score tiles are the lesion's tiles

@@ -34,10 +34,9 @@ def _run(qtbot, dock) -> None:
 
 
 def _review_layers(viewer) -> dict[str, bool]:
-    """Name → visible, for the layers a reviewer reads (not the run's tissue mask)."""
+    """Name → visible, for the layers a reviewer reads (the slide's tissue mask included)."""
     return {lyr.name: lyr.visible for lyr in viewer.layers
-            if lyr.metadata.get("session_slide") and lyr.metadata.get("kind") != "tissue"
-            and not lyr.metadata.get("placeholder")}
+            if lyr.metadata.get("session_slide") and not lyr.metadata.get("placeholder")}
 
 
 def _numbers(rows) -> dict[str, tuple]:

@@ -88,6 +88,8 @@ class RunControl:
         tuples = placeholder_layer_data(model.card, f"{entry.id} · {model.id}", entry.mpp,
                                         tuple(entry.slide.dimensions), colormap=self.colormap,
                                         top_k=self.gallery.k_spin.value())
+        if entry.id in s.tissue:  # the slide's tissue layer is there already
+            tuples = [t for t in tuples if t[1]["metadata"].get("kind") != "tissue"]
         for _d, kwargs, _k in tuples:
             kwargs["metadata"]["session_slide"] = entry.id
             if entry.id != s.active_slide:
@@ -197,7 +199,6 @@ class RunControl:
         self._run_key = key
         card = s.models[key.model].card
         self._run_info = SimpleNamespace(slide_name=f"{key.slide} · {key.model}",
-                                         tissue_name=f"{key.slide} · {key.model}",
                                          session_slide=key.slide,
                                          slide_hash=slide.content_hash,
                                          slide_dimensions=tuple(slide.dimensions),
@@ -350,10 +351,10 @@ class RunControl:
         self._run_id += 1  # a partial update still queued is stale now
         self._ui_queue.clear()
         key = self._run_key
-        for t in outcome.tissue_layers:
-            t[1]["metadata"].update(session_slide=key.slide,
-                                    session_key=[key.slide, key.model])
-            self._stage(lambda t=t: write_layer(self.viewer, *t))
+        if outcome.tissue is not None:  # drawn by the session's layer view
+            self._stage(lambda: self.session.set_tissue(key.slide, outcome.tissue,
+                                                        slide_hash=result.slide_hash,
+                                                        model=key.model))
         partial_names = set(self._run_layers)
         self._stage(lambda: self._commit(key, result, outcome, partial_names))
         self._run_layers = set()

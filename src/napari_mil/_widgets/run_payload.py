@@ -31,7 +31,7 @@ class RunOutcome:
 
     result: Any
     layers: tuple = ()
-    tissue_layers: tuple = ()
+    tissue: Any = None  # the run's TissueMask (the session's layer view draws it)
     lookup: Any = None
     thumbnails: dict = field(default_factory=dict)  # tile index → (h, w, 3) uint8
 
@@ -67,14 +67,10 @@ class PayloadBuilder:
     def final(self, result) -> RunOutcome:
         if result is None:
             return RunOutcome(None)
-        from ..layers import tissue_layer_data, top_k_indices
+        from ..layers import top_k_indices
         from .evidence import TileLookup, read_tile
 
-        layers = ()  # the session's layer view draws the result (SessionLayers)
-        tissue = ()
-        if self._tissue is not None:
-            name = getattr(self.info, "tissue_name", result.slide_name)
-            tissue = tuple(tissue_layer_data(self._tissue, result.slide_mpp, slide_name=name))
+        layers = ()  # the session's layer view draws the result and the tissue (SessionLayers)
         thumbs: dict[int, np.ndarray] = {}
         if self.slide is not None and result.scales and self.top_k:
             sm = result.finest_scale
@@ -84,4 +80,4 @@ class PayloadBuilder:
                 with contextlib.suppress(Exception):
                     thumbs[int(i)] = read_tile(self.slide, sm.coords_xy[i], sm.tile_size_level0,
                                                sm.scale.mpp)
-        return RunOutcome(result, tuple(layers), tissue, TileLookup(result), thumbs)
+        return RunOutcome(result, tuple(layers), self._tissue, TileLookup(result), thumbs)

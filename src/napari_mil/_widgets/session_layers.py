@@ -15,6 +15,7 @@ from dataclasses import replace
 from typing import Any
 
 from ..session import ResultKey, ReviewSession, layer_name
+from .label_declutter import LabelDeclutter
 from .layer_sync import (
     collect_young_on_removal,
     find_layer,
@@ -79,7 +80,8 @@ class SessionLayers:
             (s.active_slide_changed, self._on_active_slide),
             (s.result_added, self._on_result_added),
             (s.result_removed, self._on_result_removed),
-            (s.annotations_changed, self._on_annotations)])
+            (s.annotations_changed, self._on_annotations), (s.tissue_changed, self._on_tissue)])
+        self.labels = LabelDeclutter(viewer)  # top-k labels shown only where they fit
 
     @classmethod
     def of(cls, viewer, session: ReviewSession | None = None) -> SessionLayers:
@@ -97,6 +99,7 @@ class SessionLayers:
 
     def detach(self) -> None:
         disconnect_all(self._slots)
+        self.labels.close()
 
     # ------------------------------------------------------------------ display settings
     @property
@@ -131,6 +134,8 @@ class SessionLayers:
             self._on_slide_added(entry)
         for sid in s.annotations:
             self._on_annotations(sid)
+        for sid in s.tissue:
+            self._on_tissue(sid)
         for key, result in s.results.items():
             self._on_result_added(key, result)
         visible = s.view.get("visible_layers")
@@ -314,6 +319,11 @@ class SessionLayers:
                                     f"{a} is higher, pink where {b} is",
                          "n_tiles": len(diff)}})
         write_layer(self.viewer, arr, kwargs, "image")
+
+    def _on_tissue(self, sid: str) -> None:
+        from .tissue_layer import draw_tissue
+
+        draw_tissue(self, sid)
 
     # ------------------------------------------------------------------ annotations
     def _on_annotations(self, sid: str) -> None:

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SlideEntry", "ModelEntry", "ResultKey", "AgreementRow", "WhatIf", "unique_name",
-           "layer_name", "GROUP_SEP"]
+__all__ = ["SlideEntry", "ModelEntry", "ResultKey", "AgreementRow", "WhatIf", "SlideTissue",
+           "unique_name", "layer_name", "GROUP_SEP"]
 
 #: separator of the parts of a layer name: ``<slide> · <model> · <what> [<scale>]``
 GROUP_SEP = " · "
@@ -80,6 +80,26 @@ class WhatIf:
     def from_dict(cls, d: dict) -> WhatIf:
         return cls(str(d["mode"]), str(d["scale"]), tuple(int(i) for i in d["indices"]),
                    tuple(float(p) for p in d["probabilities"]))
+
+
+@dataclass(frozen=True, eq=False)
+class SlideTissue:
+    """A slide's tissue mask and what made it: the content hash of the slide it was detected
+    on and the detection settings (``mask.params``); ``model`` names the run that found it.
+
+    Held per slide, not per (slide, model): detection reads only the slide and the run's
+    ``TissueParams``, never the model (a later run on the slide replaces it).
+    """
+
+    mask: Any  # napari_mil.tiling.tissue.TissueMask
+    slide_hash: str
+    model: str | None = None
+
+    @property
+    def params(self) -> dict | None:
+        """The detection settings (``TissueParams.to_dict()``), None when not recorded."""
+        params = getattr(self.mask, "params", None)
+        return None if params is None else params.to_dict()
 
 
 @dataclass(frozen=True, eq=False)

@@ -1,8 +1,8 @@
 """``ReviewSession``: the state of one review, Qt-free and evented (psygnal), like napari's models.
 
-It owns the open slides, the models, every result keyed by (slide, model), each slide's
-annotations and positive classes, the pathologist's marks and what-if re-scorings. The docks
-are views of it: they call its methods and redraw on its signals. A script drives the same
+It owns the open slides, the models, every result keyed by (slide, model), each slide's tissue
+mask, annotations and positive classes, the pathologist's marks and what-if re-scorings. The
+docks are views of it: they call its methods and redraw on its signals. A script drives the same
 review without a display::
 
     s = ReviewSession()
@@ -37,7 +37,15 @@ from ..errors import (
     ResultError,
     SlideError,
 )
-from .entries import AgreementRow, ModelEntry, ResultKey, SlideEntry, WhatIf, unique_name
+from .entries import (
+    AgreementRow,
+    ModelEntry,
+    ResultKey,
+    SlideEntry,
+    SlideTissue,
+    WhatIf,
+    unique_name,
+)
 
 __all__ = ["ReviewSession"]
 
@@ -57,6 +65,7 @@ class ReviewSession:
     result_added = Signal(object, object)  # ResultKey, SlideResult (also when replaced)
     result_removed = Signal(object)  # ResultKey
     annotations_changed = Signal(str)  # slide id
+    tissue_changed = Signal(str)  # slide id (its tissue mask set or replaced)
     review_changed = Signal()  # positive classes, threshold or top-k
     marks_changed = Signal(object)  # ResultKey
     whatif_changed = Signal(object)  # ResultKey
@@ -66,6 +75,7 @@ class ReviewSession:
         self.models: dict[str, ModelEntry] = {}
         self.results: dict[ResultKey, Any] = {}
         self.annotations: dict[str, Any] = {}  # slide id -> AnnotationSet
+        self.tissue: dict[str, SlideTissue] = {}  # slide id -> its tissue mask
         self.annotation_sources: dict[str, str | None] = {}
         self.positive_classes: dict[str, tuple[str, ...]] = {}  # slide id -> chosen classes
         self.marks: dict[ResultKey, dict[str, str]] = {}  # "scale:index" -> agree|disagree
@@ -77,6 +87,8 @@ class ReviewSession:
         #: what a viewer showed (camera, visible layers); kept as given by the view, saved as is
         self.view: dict[str, Any] = {}
         self._coverage: dict[tuple, np.ndarray] = {}
+        #: what the last :meth:`load` left out and why (also issued as warnings)
+        self.load_notes: list[str] = []
 
     # ------------------------------------------------------------------ slides
     def slide(self, ref: SlideRef | None = None) -> SlideEntry:
@@ -137,6 +149,7 @@ class ReviewSession:
         for key in [k for k in self.results if k.slide == entry.id]:
             self.remove_result(key)
         self.annotations.pop(entry.id, None)
+        self.tissue.pop(entry.id, None)
         self.annotation_sources.pop(entry.id, None)
         self.positive_classes.pop(entry.id, None)
         self._coverage = {k: v for k, v in self._coverage.items() if k[0] != entry.id}
@@ -228,11 +241,17 @@ class ReviewSession:
         iterates; a GUI worker passes ``commit=False`` and calls :meth:`add_result` itself.
         """
         from ..inference.run import run_slide
+        from .tissue import tap_tissue
 
         s_entry, m_entry = self.slide(slide), self.model(model)
         net = self.ensure_model(m_entry)
-        result = yield from run_slide(s_entry.slide, net, extractor=extractor, settings=settings)
+        found: dict = {}
+        result = yield from tap_tissue(run_slide(s_entry.slide, net, extractor=extractor,
+                                                 settings=settings), found)
         if commit:
+            if found.get("tissue") is not None:
+                self.set_tissue(s_entry, found["tissue"], slide_hash=result.slide_hash,
+                                model=m_entry.id)
             self.add_result(s_entry, m_entry, result)
         return result
 
@@ -308,6 +327,25 @@ class ReviewSession:
         """Model id -> result, for every result on the slide (in the order they came)."""
         sid = self.slide(slide).id
         return {k.model: r for k, r in self.results.items() if k.slide == sid}
+
+    # ------------------------------------------------------------------ tissue
+    def set_tissue(self, slide: SlideRef | None, mask, *, slide_hash: str | None = None,
+                   model: str | None = None) -> SlideTissue:
+        """The slide's tissue mask (a ``TissueMask``; replaces an earlier one). ``slide_hash``:
+        the content hash of the slide it was detected on (default: this slide's). Refused with
+        a :class:`~napari_mil.errors.TissueError` unless it belongs to this slide."""
+        from .tissue import check_tissue
+
+        entry = self.slide(slide)
+        slide_hash = entry.content_hash if slide_hash is None else str(slide_hash)
+        check_tissue(mask, entry, slide_hash)
+        self.tissue[entry.id] = tissue = SlideTissue(mask, slide_hash, model)
+        self.tissue_changed.emit(entry.id)
+        return tissue
+
+    def tissue_of(self, slide: SlideRef | None = None) -> SlideTissue | None:
+        """The slide's tissue mask and what made it, or None before a run."""
+        return self.tissue.get(self.slide(slide).id)
 
     # ------------------------------------------------------------------ annotations
     def load_annotations(self, source, slide: SlideRef | None = None, *,
@@ -543,6 +581,7 @@ class ReviewSession:
         self.view = {}
         self.whatifs.clear()
         self.marks.clear()
+        self.load_notes = []
 
 
 def _primary_maps(result) -> dict:

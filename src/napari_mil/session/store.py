@@ -1,11 +1,15 @@
 """The session file: ``<name>.json`` (paths relative to it) plus ``<name>.files/`` beside it.
 
 The folder holds each result (``SlideResult.save``, features included so that what-if works
-after a reload) and each slide's annotations as QuPath GeoJSON. It is written first, as one
-atomic folder, then the JSON atomically: a failed save leaves the previous session intact.
-Loading reopens the slides (checked against their content hash), reads the results (checked
-against the slides), the annotations, marks, what-if state and view; nothing is recomputed and
-models are read from their checkpoints only when first used.
+after a reload), each slide's annotations as QuPath GeoJSON and each slide's tissue mask with
+what made it (``session.tissue``: slide content hash, detection settings). It is written
+first, as one atomic folder, then the JSON atomically: a failed save leaves the previous
+session intact. Loading reopens the slides (checked against their content hash), reads the
+results (checked against the slides), the tissue masks (checked likewise), the annotations,
+marks, what-if state and view; nothing is recomputed and models are read from their
+checkpoints only when first used. A tissue mask that does not belong to its slide (another
+slide's, or a damaged file) is left out with a warning (and a line in
+``session.load_notes``): the review opens without it, never with another slide's mask.
 """
 
 from __future__ import annotations
@@ -14,11 +18,12 @@ import json
 import os
 import re
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
-from ..errors import ConfigError, NapariMilError, ResultError, SlideError
+from ..errors import ConfigError, NapariMilError, ResultError, SlideError, TissueError
 from ..io.atomic import atomic_path, atomic_write_text, check_writable
 from .entries import ModelEntry, WhatIf
 
@@ -54,6 +59,7 @@ def _abs(rel: str | None, base: Path) -> Path | None:
 def save_session(session: ReviewSession, path: str | Path, *, overwrite: bool = False) -> Path:
     """Write ``session`` to ``path`` (see the module docstring); returns the path."""
     from ..io.annotations import write_annotations
+    from .tissue import save_tissue
 
     path = Path(path)
     if path.suffix.lower() != ".json":
@@ -67,7 +73,7 @@ def save_session(session: ReviewSession, path: str | Path, *, overwrite: bool = 
         "format": SESSION_FORMAT, "format_version": SESSION_VERSION,
         "napari_mil_version": __version__,
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "slides": [], "models": [], "results": [], "annotations": [],
+        "slides": [], "models": [], "results": [], "annotations": [], "tissue": [],
         "active_slide": session.active_slide,
         "active_model": session.active_model,
         "review": {"threshold": session.threshold, "top_k": session.top_k,
@@ -95,6 +101,12 @@ def save_session(session: ReviewSession, path: str | Path, *, overwrite: bool = 
             source = session.annotation_sources.get(sid)
             doc["annotations"].append({"slide": sid, "file": f"{folder.name}/{name}",
                                        "source": _rel(Path(source), base) if source else None})
+        for i, (sid, tissue) in enumerate(session.tissue.items()):
+            name = f"{i:02d}-{_safe(sid)}.tissue.npz"
+            save_tissue(tissue, sid, tmp / name)
+            doc["tissue"].append({"slide": sid, "file": f"{folder.name}/{name}",
+                                  "slide_hash": tissue.slide_hash, "params": tissue.params,
+                                  "model": tissue.model})
     return atomic_write_text(path, json.dumps(doc, indent=1, default=str), overwrite=True)
 
 
@@ -140,6 +152,8 @@ def load_session(path: str | Path, session: ReviewSession) -> ReviewSession:
             entry = ModelEntry(m["id"], _abs(m["path"], base), card)
             session.models[entry.id] = entry
             session.model_added.emit(entry)
+        for t in doc.get("tissue") or []:
+            _restore_tissue(session, t, base, files_dir(path))
         for a in doc["annotations"]:
             anns = read_annotations(base / a["file"])
             source = _abs(a.get("source"), base)
@@ -170,3 +184,28 @@ def load_session(path: str | Path, session: ReviewSession) -> ReviewSession:
                           "again from the review.") from None
     return session
 
+
+
+def _restore_tissue(session: ReviewSession, rec: dict, base: Path, folder: Path) -> None:
+    """Give the slide its saved tissue mask when it is that slide's; else a note and nothing."""
+    from .tissue import TISSUE_HINT, read_tissue
+
+    sid = rec.get("slide") if isinstance(rec, dict) else None
+    try:
+        if sid not in session.slides or not isinstance(rec.get("file"), str):
+            raise TissueError(f"the session file lists no such slide or no mask file for it. "
+                              f"{TISSUE_HINT}")
+        file = (base / rec["file"]).resolve()
+        if folder.resolve() not in file.parents:
+            raise TissueError(f"its file {rec['file']!r} lies outside {folder.name}. "
+                              f"{TISSUE_HINT}")
+        tissue, saved_for = read_tissue(file)
+        if rec.get("slide_hash") != tissue.slide_hash or saved_for != sid:
+            raise TissueError(f"{file.name} holds the mask of another slide ({saved_for!r}, "
+                              f"content hash {tissue.slide_hash[:12]}…) than the session "
+                              f"file names. {TISSUE_HINT}")
+        session.set_tissue(sid, tissue.mask, slide_hash=tissue.slide_hash, model=tissue.model)
+    except TissueError as exc:
+        note = f"The tissue mask of {sid!r} was not restored: {exc}"
+        session.load_notes.append(note)
+        warnings.warn(note, UserWarning, stacklevel=3)
