@@ -18,7 +18,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["LayerDataTuple", "slide_layer_data",
            # result layers (review app)
-           "layer_name", "tile_heatmap", "lattice_stride_level0", "instance_score_layer_data",
+           "layer_name", "tile_heatmap", "context_heatmap", "scale_map_heatmap",
+           "lattice_stride_level0", "instance_score_layer_data",
            "attention_layer_data", "top_k_indices", "topk_layer_data", "zoomed_layer_data",
            "tissue_layer_data", "result_layer_data", "placeholder_layer_data"]
 
@@ -112,6 +113,48 @@ def tile_heatmap(scale_map, values: np.ndarray, *,
     return out, (s, s), (t, t)
 
 
+def context_heatmap(scale_map, values: np.ndarray, factor: float, *,
+                    slide_dimensions: tuple[int, int] | None = None, slide_mpp: float = 1.0,
+                    ) -> tuple[np.ndarray, tuple[float, float], tuple[float, float], dict]:
+    """A concentric (CS-MIL) context scale's per-tile ``values`` painted over each tile's
+    window (``factor`` × its side, centred on it): ``(array, scale_um, translate_um, info)``.
+
+    The array is the cell raster of :func:`~napari_mil.tiling.footprint.paint_context_windows`
+    (cells of stride / k level-0 px from (0, 0), each the mean of the windows covering it,
+    NaN where none; clipped to the slide); ``translate`` centres cell (0, 0) on level-0
+    ``[0, cell)`` as :func:`tile_heatmap` does for tiles; ``info`` describes the footprint
+    (goes into the layer metadata).
+    """
+    from .tiling.footprint import paint_context_windows
+
+    vals = np.asarray(values, dtype=np.float32).reshape(-1)
+    if len(vals) != len(scale_map):
+        raise ResultError(f"{len(vals)} values for {len(scale_map)} tiles of {scale_map.name}.")
+    arr, lat = paint_context_windows(scale_map.coords_xy, vals,
+                                     stride_px=lattice_stride_level0(scale_map),
+                                     tile_size_px=float(scale_map.tile_size_level0),
+                                     factor=factor, extent_wh=slide_dimensions)
+    s = lat.cell_px * slide_mpp
+    t = (lat.cell_px / 2.0 - 0.5) * slide_mpp
+    return arr, (s, s), (t, t), lat.describe()
+
+
+def scale_map_heatmap(result, scale_map, values: np.ndarray
+                      ) -> tuple[np.ndarray, tuple[float, float], tuple[float, float], dict]:
+    """A scale's per-tile values as the review shows them: on the tile lattice
+    (:func:`tile_heatmap`, ``info`` empty), or over the context windows for a concentric
+    result's coarser scales (:func:`context_heatmap`)."""
+    factor = result.context_factors().get(scale_map.name)
+    if factor is not None:
+        return context_heatmap(scale_map, values, factor,
+                               slide_dimensions=result.slide_dimensions,
+                               slide_mpp=result.slide_mpp)
+    arr, scale, translate = tile_heatmap(scale_map, values,
+                                         slide_dimensions=result.slide_dimensions,
+                                         slide_mpp=result.slide_mpp)
+    return arr, scale, translate, {}
+
+
 def _meta(result, what: str, scale: str | None, normalisation, colormap: str, **extra) -> dict:
     return {
         "napari_mil": True,
@@ -132,9 +175,16 @@ def _heatmap_tuple(result, scale_map, values: np.ndarray, what: str, *, normalis
                    colormap: str, probability_like: bool, opacity: float = 0.6,
                    visible: bool = True, **extra) -> tuple:
     norm = normalize(values, normalisation)
-    arr, scale, translate = tile_heatmap(scale_map, norm, slide_dimensions=result.slide_dimensions,
-                                         slide_mpp=result.slide_mpp)
+    arr, scale, translate, footprint = scale_map_heatmap(result, scale_map, norm)
     limits = display_range(norm, normalisation, probability_like=probability_like)
+    if footprint:  # a context scale: what each painted value covers, for tooltips and bars
+        meaning = LAYER_MEANING.get(what.split(" (")[0], what)
+        extra = {**extra, **footprint,
+                 "meaning": f"{meaning}; each tile's value painted over the window the model "
+                            f"read at this magnification ({footprint['footprint']})",
+                 "units": f"cells of {footprint['cell_px']:.6g} level-0 px, each the mean of "
+                          "the context windows covering it; layer scale/translate in µm, "
+                          "slide level-0 px × mpp"}
     kwargs = {
         "name": layer_name(result.slide_name, what, scale_map.name),
         "scale": scale, "translate": translate, "units": ("um", "um"), "colormap": colormap,
