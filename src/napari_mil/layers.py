@@ -143,8 +143,10 @@ def scale_map_heatmap(result, scale_map, values: np.ndarray
                       ) -> tuple[np.ndarray, tuple[float, float], tuple[float, float], dict]:
     """A scale's per-tile values as the review shows them: on the tile lattice
     (:func:`tile_heatmap`, ``info`` empty), or over the context windows for a concentric
-    result's coarser scales (:func:`context_heatmap`)."""
-    factor = result.context_factors().get(scale_map.name)
+    result's coarser scales (:func:`context_heatmap`). ``result`` may be a run's stand-in
+    without scales (partial scores: the finest scale's tiles)."""
+    factors = result.context_factors() if hasattr(result, "context_factors") else {}
+    factor = factors.get(scale_map.name)
     if factor is not None:
         return context_heatmap(scale_map, values, factor,
                                slide_dimensions=result.slide_dimensions,
