@@ -298,3 +298,23 @@ def test_window_factor_must_be_positive() -> None:
     with pytest.raises(ResultError, match="window_factor"):
         TileValues(np.zeros((1, 2)), 256, np.ones(1), window_factor=-2)
     assert TileValues(np.zeros((1, 2)), 256, np.ones(1), window_factor=1).window_factor is None
+
+
+def test_a_csmil_model_s_empty_layers_have_the_window_cells_its_run_fills(csmil_result) -> None:
+    """The layers added before a run already have the geometry the result writes."""
+    from napari_mil.layers import placeholder_layer_data
+    from napari_mil.models.card import ModelCard
+
+    res = csmil_result
+    card = ModelCard.from_dict(res.model_card)
+    empty = {kw["name"]: (d, kw) for d, kw, _k in placeholder_layer_data(
+        card, res.slide_name, MPP, res.slide_dimensions)}
+    for _d, kw, _k in result_layer_data(res):
+        if kw["name"] not in empty or _k != "image":
+            continue
+        data, ekw = empty[kw["name"]]
+        assert data.shape == _d.shape, kw["name"]
+        np.testing.assert_allclose(ekw["scale"], kw["scale"])
+        np.testing.assert_allclose(ekw["translate"], kw["translate"])
+    assert {f"{res.slide_name} · attention [10x]", f"{res.slide_name} · attention [5x]"} <= set(
+        empty)

@@ -359,12 +359,22 @@ def result_layer_data(result, *, normalisation: str | Normalisation = "raw",
 
 
 def _lattice_placeholder(name: str, scale_spec, slide_mpp: float, slide_dimensions, *,
-                         colormap: str, visible: bool, kind: str, opacity: float = 0.6) -> tuple:
-    """An all-NaN heatmap on the scale's full lattice (what :func:`tile_heatmap` will fill)."""
+                         colormap: str, visible: bool, kind: str, opacity: float = 0.6,
+                         context_of=None) -> tuple:
+    """An all-NaN heatmap on the scale's full lattice (what :func:`tile_heatmap` will fill),
+    or, for a concentric model's coarser scale (``context_of``: its finest scale), on the
+    window cells :func:`context_heatmap` will fill."""
     size = scale_spec.patch_size_px * scale_spec.mpp / slide_mpp  # level-0 px
     w, h = slide_dimensions
+    t_px = size / 2.0
+    if context_of is not None:
+        from .tiling.footprint import window_lattice
+
+        tile = context_of.patch_size_px * context_of.mpp / slide_mpp
+        size = window_lattice(tile, tile, scale_spec.mpp / context_of.mpp).cell_px
+        t_px = size / 2.0
     shape = (max(math.ceil(h / size), 1), max(math.ceil(w / size), 1))
-    s, t = size * slide_mpp, (size / 2.0 - 0.5) * slide_mpp
+    s, t = size * slide_mpp, (t_px - 0.5) * slide_mpp
     kwargs = {
         "name": name, "scale": (s, s), "translate": (t, t), "units": ("um", "um"),
         "colormap": colormap, "contrast_limits": (0.0, 1.0), "opacity": opacity,
@@ -392,20 +402,28 @@ def placeholder_layer_data(card, slide_name: str, slide_mpp: float,
         has_scores, has_attention = bool(info.instance_label), bool(info.attention_label)
     except Exception:  # noqa: BLE001 - an unregistered architecture: guess the common case
         has_scores, has_attention = True, True
+    from .inference.run import InputLayout, architecture_layout
+
     scales = sorted(card.scales, key=lambda s: s.mpp)
     if not scales:
         return []
     finest = scales[0].name
+    concentric = architecture_layout(card.architecture) is InputLayout.CONCENTRIC
+
+    def context_of(spec):  # CS-MIL: its coarser scales are painted over the windows
+        return scales[0] if concentric and spec.mpp > scales[0].mpp else None
+
     out: list[tuple] = []
     for spec in scales if has_scores else ():
         out.append(_lattice_placeholder(layer_name(slide_name, "instance scores", spec.name),
                                         spec, slide_mpp, slide_dimensions, colormap=colormap,
-                                        visible=spec.name == finest, kind="instance scores"))
+                                        visible=spec.name == finest, kind="instance scores",
+                                        context_of=context_of(spec)))
     for spec in scales if has_attention else ():
         out.append(_lattice_placeholder(layer_name(slide_name, "attention", spec.name), spec,
                                         slide_mpp, slide_dimensions, colormap=attention_colormap,
                                         visible=not has_scores and spec.name == finest,
-                                        kind="attention"))
+                                        kind="attention", context_of=context_of(spec)))
     if top_k:
         # k invisible squares on the first tile (transparent edges and labels): the run then
         # moves them and colours them, far cheaper in napari than adding shapes and text
