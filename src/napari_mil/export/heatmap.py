@@ -99,17 +99,15 @@ def _mean_into(shape: tuple[int, int], rows, cols, vals) -> np.ndarray:
     return out.reshape(h, w)
 
 
-def _window_cells(tv: TileValues, extent: tuple[float, float]):
-    """A context map's window raster: (finite cells' (col, row) (M, 2), their values, raster
-    shape, cell side in level-0 px, the footprint's description)."""
+def _window_cells(tv: TileValues, extent: tuple[float, float] | None):
+    """A context map's window raster: (the raster, its cell side in level-0 px, the
+    footprint's description)."""
     from ..tiling.footprint import paint_context_windows
 
     raster, lat = paint_context_windows(tv.coords_xy, tv.values, stride_px=tv.stride,
                                         tile_size_px=tv.window_tile_size_px,
                                         factor=float(tv.window_factor), extent_wh=extent)
-    rows, cols = np.nonzero(np.isfinite(raster))
-    return (np.column_stack([cols, rows]).astype(np.int64), raster[rows, cols].astype(np.float64),
-            raster.shape, lat.cell_px, lat.describe())
+    return raster, lat.cell_px, lat.describe()
 
 
 def rasterize_tile_values(
@@ -156,11 +154,16 @@ def _rasterize(tv: TileValues, *, downsample, pixel_size_um, slide_dimensions, w
     if windows and tv.window_factor is not None:  # cells of the windows' raster
         # windows are clipped to the slide, named or the one the values were computed on
         dims = slide_dimensions if slide_dimensions is not None else tv.slide_dimensions
-        ij, vals, (lat_h, lat_w), s, footprint = _window_cells(
+        cells, s, footprint = _window_cells(
             tv, None if dims is None else (float(dims[0]), float(dims[1])))
-        if downsample is None and pixel_size_um is None:
-            d = s
+        lat_h, lat_w = cells.shape
         extent = (max(extent[0], lat_w * s), max(extent[1], lat_h * s))
+        if downsample is None and pixel_size_um is None:  # the window cells themselves
+            _check_size(lat_w, lat_h, s, tv, extent)
+            return cells, s, footprint
+        rows, cols = np.nonzero(np.isfinite(cells))  # resampled below as cells of a lattice
+        ij = np.column_stack([cols, rows]).astype(np.int64)
+        vals = cells[rows, cols].astype(np.float64)
     else:
         finite = np.isfinite(tv.values)
         ij = np.round(tv.coords_xy[finite] / s).astype(np.int64)  # (N, 2) lattice (col, row)
