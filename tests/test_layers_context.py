@@ -295,8 +295,9 @@ def test_agreement_keeps_per_tile_values_on_the_tiles(csmil_result) -> None:
 def test_window_factor_must_be_positive() -> None:
     from napari_mil.errors import ResultError
 
-    with pytest.raises(ResultError, match="window_factor"):
-        TileValues(np.zeros((1, 2)), 256, np.ones(1), window_factor=-2)
+    for bad in (-2, float("nan"), 1e9, "wide"):
+        with pytest.raises(ResultError, match="window_factor"):
+            TileValues(np.zeros((1, 2)), 256, np.ones(1), window_factor=bad)
     assert TileValues(np.zeros((1, 2)), 256, np.ones(1), window_factor=1).window_factor is None
 
 

@@ -44,6 +44,8 @@ __all__ = ["TileKind", "TileValues", "check_same_slide", "lattice_stride_px", "l
 
 #: relative difference of two pixel sizes still taken as the same slide scan
 MPP_RTOL = 1e-3
+#: the widest context window a tile map may describe, in tile sides (CS-MIL uses 2 and 4)
+MAX_WINDOW_FACTOR = 256.0
 
 
 def check_same_slide(slide, *, name: str | None, content_hash: str | None, mpp: float | None,
@@ -170,9 +172,10 @@ class TileValues:
                 factor = float(factor)
             except (TypeError, ValueError):
                 factor = math.nan
-            if not (math.isfinite(factor) and factor > 0):
-                raise ResultError(f"Tile map {self.name!r}: window_factor must be a positive "
-                                  f"number, got {self.window_factor!r}.")
+            if not (math.isfinite(factor) and 0 < factor <= MAX_WINDOW_FACTOR):
+                raise ResultError(f"Tile map {self.name!r}: window_factor must be a number in "
+                                  f"(0, {MAX_WINDOW_FACTOR}] (a window that many times the "
+                                  f"tile's side), got {self.window_factor!r}.")
             object.__setattr__(self, "window_factor", None if factor == 1.0 else factor)
 
     @property

@@ -29,11 +29,13 @@ import numpy as np
 
 from ..errors import ConfigError
 
-__all__ = ["MAX_CELLS_PER_STRIDE", "WindowLattice", "window_lattice", "paint_context_windows",
-           "footprint_text"]
+__all__ = ["MAX_CELLS_PER_STRIDE", "MAX_FACTOR", "WindowLattice", "window_lattice",
+           "paint_context_windows", "footprint_text"]
 
 #: the finest cells used: a quarter of the tile stride
 MAX_CELLS_PER_STRIDE = 4
+#: the widest window painted, in tile sides (CS-MIL's are 2 and 4; as ``TileValues`` allows)
+MAX_FACTOR = 256.0
 _EDGE_TOL_CELLS = 0.01
 
 
@@ -80,9 +82,9 @@ def window_lattice(stride_px: float, tile_size_px: float, factor: float) -> Wind
     """The cells on which windows ``factor ×`` a ``tile_size_px`` tile, centred on it, are
     painted for tiles on a lattice of ``stride_px`` (see the module docstring)."""
     s, t, f = float(stride_px), float(tile_size_px), float(factor)
-    if not all(math.isfinite(v) and v > 0 for v in (s, t, f)):
-        raise ConfigError(f"Context windows need a positive stride, tile size and factor, got "
-                          f"{stride_px}, {tile_size_px} and {factor}.")
+    if not all(math.isfinite(v) and v > 0 for v in (s, t, f)) or f > MAX_FACTOR:
+        raise ConfigError(f"Context windows need a positive stride and tile size and a factor "
+                          f"in (0, {MAX_FACTOR:g}], got {stride_px}, {tile_size_px} and {factor}.")
 
     def edges(k: int) -> tuple[float, float]:  # window edges in cells from the tile's corner
         return k * t * (1.0 - f) / (2.0 * s), k * t * (1.0 + f) / (2.0 * s)
