@@ -18,7 +18,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["LayerDataTuple", "slide_layer_data",
            # result layers (review app)
-           "layer_name", "tile_heatmap", "lattice_stride_level0", "instance_score_layer_data",
+           "layer_name", "tile_heatmap", "context_heatmap", "scale_map_heatmap",
+           "lattice_stride_level0", "instance_score_layer_data",
            "attention_layer_data", "top_k_indices", "topk_layer_data", "zoomed_layer_data",
            "tissue_layer_data", "result_layer_data", "placeholder_layer_data"]
 
@@ -112,6 +113,50 @@ def tile_heatmap(scale_map, values: np.ndarray, *,
     return out, (s, s), (t, t)
 
 
+def context_heatmap(scale_map, values: np.ndarray, factor: float, *,
+                    slide_dimensions: tuple[int, int] | None = None, slide_mpp: float = 1.0,
+                    ) -> tuple[np.ndarray, tuple[float, float], tuple[float, float], dict]:
+    """A concentric (CS-MIL) context scale's per-tile ``values`` painted over each tile's
+    window (``factor`` × its side, centred on it): ``(array, scale_um, translate_um, info)``.
+
+    The array is the cell raster of :func:`~napari_mil.tiling.footprint.paint_context_windows`
+    (cells of stride / k level-0 px from (0, 0), each the mean of the windows covering it,
+    NaN where none; clipped to the slide); ``translate`` centres cell (0, 0) on level-0
+    ``[0, cell)`` as :func:`tile_heatmap` does for tiles; ``info`` describes the footprint
+    (goes into the layer metadata).
+    """
+    from .tiling.footprint import paint_context_windows
+
+    vals = np.asarray(values, dtype=np.float32).reshape(-1)
+    if len(vals) != len(scale_map):
+        raise ResultError(f"{len(vals)} values for {len(scale_map)} tiles of {scale_map.name}.")
+    arr, lat = paint_context_windows(scale_map.coords_xy, vals,
+                                     stride_px=lattice_stride_level0(scale_map),
+                                     tile_size_px=float(scale_map.tile_size_level0),
+                                     factor=factor, extent_wh=slide_dimensions)
+    s = lat.cell_px * slide_mpp
+    t = (lat.cell_px / 2.0 - 0.5) * slide_mpp
+    return arr, (s, s), (t, t), lat.describe()
+
+
+def scale_map_heatmap(result, scale_map, values: np.ndarray
+                      ) -> tuple[np.ndarray, tuple[float, float], tuple[float, float], dict]:
+    """A scale's per-tile values as the review shows them: on the tile lattice
+    (:func:`tile_heatmap`, ``info`` empty), or over the context windows for a concentric
+    result's coarser scales (:func:`context_heatmap`). ``result`` may be a run's stand-in
+    without scales (partial scores: the finest scale's tiles)."""
+    factors = result.context_factors() if hasattr(result, "context_factors") else {}
+    factor = factors.get(scale_map.name)
+    if factor is not None:
+        return context_heatmap(scale_map, values, factor,
+                               slide_dimensions=result.slide_dimensions,
+                               slide_mpp=result.slide_mpp)
+    arr, scale, translate = tile_heatmap(scale_map, values,
+                                         slide_dimensions=result.slide_dimensions,
+                                         slide_mpp=result.slide_mpp)
+    return arr, scale, translate, {}
+
+
 def _meta(result, what: str, scale: str | None, normalisation, colormap: str, **extra) -> dict:
     return {
         "napari_mil": True,
@@ -132,9 +177,16 @@ def _heatmap_tuple(result, scale_map, values: np.ndarray, what: str, *, normalis
                    colormap: str, probability_like: bool, opacity: float = 0.6,
                    visible: bool = True, **extra) -> tuple:
     norm = normalize(values, normalisation)
-    arr, scale, translate = tile_heatmap(scale_map, norm, slide_dimensions=result.slide_dimensions,
-                                         slide_mpp=result.slide_mpp)
+    arr, scale, translate, footprint = scale_map_heatmap(result, scale_map, norm)
     limits = display_range(norm, normalisation, probability_like=probability_like)
+    if footprint:  # a context scale: what each painted value covers, for tooltips and bars
+        meaning = LAYER_MEANING.get(what.split(" (")[0], what)
+        extra = {**extra, **footprint,
+                 "meaning": f"{meaning}; each tile's value painted over the window the model "
+                            f"read at this magnification ({footprint['footprint']})",
+                 "units": f"cells of {footprint['cell_px']:.6g} level-0 px, each the mean of "
+                          "the context windows covering it; layer scale/translate in µm, "
+                          "slide level-0 px × mpp"}
     kwargs = {
         "name": layer_name(result.slide_name, what, scale_map.name),
         "scale": scale, "translate": translate, "units": ("um", "um"), "colormap": colormap,
@@ -307,12 +359,22 @@ def result_layer_data(result, *, normalisation: str | Normalisation = "raw",
 
 
 def _lattice_placeholder(name: str, scale_spec, slide_mpp: float, slide_dimensions, *,
-                         colormap: str, visible: bool, kind: str, opacity: float = 0.6) -> tuple:
-    """An all-NaN heatmap on the scale's full lattice (what :func:`tile_heatmap` will fill)."""
+                         colormap: str, visible: bool, kind: str, opacity: float = 0.6,
+                         context_of=None) -> tuple:
+    """An all-NaN heatmap on the scale's full lattice (what :func:`tile_heatmap` will fill),
+    or, for a concentric model's coarser scale (``context_of``: its finest scale), on the
+    window cells :func:`context_heatmap` will fill."""
     size = scale_spec.patch_size_px * scale_spec.mpp / slide_mpp  # level-0 px
     w, h = slide_dimensions
+    t_px = size / 2.0
+    if context_of is not None:
+        from .tiling.footprint import window_lattice
+
+        tile = context_of.patch_size_px * context_of.mpp / slide_mpp
+        size = window_lattice(tile, tile, scale_spec.mpp / context_of.mpp).cell_px
+        t_px = size / 2.0
     shape = (max(math.ceil(h / size), 1), max(math.ceil(w / size), 1))
-    s, t = size * slide_mpp, (size / 2.0 - 0.5) * slide_mpp
+    s, t = size * slide_mpp, (t_px - 0.5) * slide_mpp
     kwargs = {
         "name": name, "scale": (s, s), "translate": (t, t), "units": ("um", "um"),
         "colormap": colormap, "contrast_limits": (0.0, 1.0), "opacity": opacity,
@@ -340,20 +402,28 @@ def placeholder_layer_data(card, slide_name: str, slide_mpp: float,
         has_scores, has_attention = bool(info.instance_label), bool(info.attention_label)
     except Exception:  # noqa: BLE001 - an unregistered architecture: guess the common case
         has_scores, has_attention = True, True
+    from .inference.run import InputLayout, architecture_layout
+
     scales = sorted(card.scales, key=lambda s: s.mpp)
     if not scales:
         return []
     finest = scales[0].name
+    concentric = architecture_layout(card.architecture) is InputLayout.CONCENTRIC
+
+    def context_of(spec):  # CS-MIL: its coarser scales are painted over the windows
+        return scales[0] if concentric and spec.mpp > scales[0].mpp else None
+
     out: list[tuple] = []
     for spec in scales if has_scores else ():
         out.append(_lattice_placeholder(layer_name(slide_name, "instance scores", spec.name),
                                         spec, slide_mpp, slide_dimensions, colormap=colormap,
-                                        visible=spec.name == finest, kind="instance scores"))
+                                        visible=spec.name == finest, kind="instance scores",
+                                        context_of=context_of(spec)))
     for spec in scales if has_attention else ():
         out.append(_lattice_placeholder(layer_name(slide_name, "attention", spec.name), spec,
                                         slide_mpp, slide_dimensions, colormap=attention_colormap,
                                         visible=not has_scores and spec.name == finest,
-                                        kind="attention"))
+                                        kind="attention", context_of=context_of(spec)))
     if top_k:
         # k invisible squares on the first tile (transparent edges and labels): the run then
         # moves them and colours them, far cheaper in napari than adding shapes and text

@@ -343,6 +343,8 @@ class AnalysisDock(SessionBinding, RunControl, QWidget):
             caption += f": {meta.get('meaning', '')}"
         elif norm:
             caption += f": {NORMALISATION_MEANING.get(Normalisation.coerce(norm), norm)}"
+        if meta.get("footprint"):  # a CS-MIL context scale: values over the model's windows
+            caption += f"; each value over its {meta['footprint']}"
         self.colorbar.set_colormap(cmap, limits, caption)
         self.colorbar.setToolTip(meta.get("meaning", ""))
 

@@ -165,9 +165,7 @@ def read_tile(slide, xy: tuple[int, int], size_level0: float, mpp_scale: float,
 def is_concentric(result) -> bool:
     """Every scale scored the same tiles: a concentric (CS-MIL) result, whose coarser scales
     are context windows centred on each finest tile, not tiles of their own lattice."""
-    maps = list(result.scales.values())
-    return len(maps) > 1 and all(
-        len(m) == len(maps[0]) and np.array_equal(m.coords_xy, maps[0].coords_xy) for m in maps)
+    return bool(result.context_factors())
 
 
 def context_window(result, scale: str, finest_xy, finest_size: float) -> tuple[tuple, float]:

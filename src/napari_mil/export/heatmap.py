@@ -15,6 +15,14 @@ is capped at :data:`MAX_HEATMAP_PIXELS` (an error names the smallest pixel size 
 Where tiles share a cell their values are averaged; cells without a tile are NaN (float32) or
 0 (uint8, where values map to 1–255). A sidecar ``<file>.json`` records the stride, the pixel
 size, the origin, the value range and the encoding.
+
+A map of a concentric (CS-MIL) context scale (``TileValues.window_factor``) is written as the
+review shows it: each tile's value over its window (2× / 4× the tile's side at 10x / 5x over
+a 20x grid), on cells of stride / k level-0 px, each the mean of the windows covering it
+(:func:`napari_mil.tiling.footprint.paint_context_windows`), over the whole slide the values
+were computed on (``TileValues.slide_dimensions``) even without ``slide``; a chosen pixel
+size resamples those cells as above. The sidecar says so (``footprint``, ``cell_px``,
+``context_factor``).
 """
 
 from __future__ import annotations
@@ -91,19 +99,41 @@ def _mean_into(shape: tuple[int, int], rows, cols, vals) -> np.ndarray:
     return out.reshape(h, w)
 
 
+def _window_cells(tv: TileValues, extent: tuple[float, float] | None):
+    """A context map's window raster: (the raster, its cell side in level-0 px, the
+    footprint's description)."""
+    from ..tiling.footprint import paint_context_windows
+
+    raster, lat = paint_context_windows(tv.coords_xy, tv.values, stride_px=tv.stride,
+                                        tile_size_px=tv.window_tile_size_px,
+                                        factor=float(tv.window_factor), extent_wh=extent)
+    return raster, lat.cell_px, lat.describe()
+
+
 def rasterize_tile_values(
     tv: TileValues,
     *,
     downsample: float | None = None,
     pixel_size_um: float | None = None,
     slide_dimensions: tuple[int, int] | None = None,
+    windows: bool = False,
 ) -> tuple[np.ndarray, float]:
     """Tile values → ((H, W) float32 raster, ``d`` level-0 px per pixel); see the module doc.
 
     Default: the tile lattice (``d`` = stride). ``pixel_size_um`` (needs ``tv.mpp``) or
     ``downsample`` choose another pixel size. ``slide_dimensions`` (w, h) makes the raster
-    cover the whole slide.
+    cover the whole slide. ``windows``: a context map (``tv.window_factor``) is painted over
+    its windows (``d`` = the window cell), as the heatmap files and the review show it;
+    without it every value stays on its tile (per-tile codes such as disagreement).
     """
+    raster, d, _footprint = _rasterize(tv, downsample=downsample, pixel_size_um=pixel_size_um,
+                                       slide_dimensions=slide_dimensions, windows=windows)
+    return raster, d
+
+
+def _rasterize(tv: TileValues, *, downsample, pixel_size_um, slide_dimensions, windows: bool,
+               ) -> tuple[np.ndarray, float, dict]:
+    """:func:`rasterize_tile_values`, plus the footprint's description ({} for tiles)."""
     if downsample is not None and pixel_size_um is not None:
         raise ExportError("Give the heatmap's pixel size as pixel_size_um or downsample, not both.")
     s = tv.stride
@@ -120,26 +150,43 @@ def rasterize_tile_values(
     if np.any(tv.coords_xy < 0):
         raise ExportError("Tiles with negative coordinates cannot be aligned to level 0.")
     extent = _extent_px(tv, slide_dimensions)
-    finite = np.isfinite(tv.values)
-    ij = np.round(tv.coords_xy[finite] / s).astype(np.int64)  # (N, 2) lattice (col, row)
-    vals = tv.values[finite]
-    lat_w, lat_h = math.ceil(extent[0] / s), math.ceil(extent[1] / s)
-    if len(ij):
-        lat_w, lat_h = max(lat_w, int(ij[:, 0].max()) + 1), max(lat_h, int(ij[:, 1].max()) + 1)
+    footprint: dict = {}
+    if windows and tv.window_factor is not None:  # cells of the windows' raster
+        # windows are clipped to the slide, named or the one the values were computed on
+        dims = slide_dimensions if slide_dimensions is not None else tv.slide_dimensions
+        cells, s, footprint = _window_cells(
+            tv, None if dims is None else (float(dims[0]), float(dims[1])))
+        lat_h, lat_w = cells.shape
+        extent = (max(extent[0], lat_w * s), max(extent[1], lat_h * s))
+        if downsample is None and pixel_size_um is None:  # the window cells themselves
+            _check_size(lat_w, lat_h, s, tv, extent)
+            return cells, s, footprint
+        rows, cols = np.nonzero(np.isfinite(cells))  # resampled below as cells of a lattice
+        ij = np.column_stack([cols, rows]).astype(np.int64)
+        vals = cells[rows, cols].astype(np.float64)
+    else:
+        finite = np.isfinite(tv.values)
+        ij = np.round(tv.coords_xy[finite] / s).astype(np.int64)  # (N, 2) lattice (col, row)
+        vals = tv.values[finite]
+        lat_w, lat_h = math.ceil(extent[0] / s), math.ceil(extent[1] / s)
+        if len(ij):
+            lat_w = max(lat_w, int(ij[:, 0].max()) + 1)
+            lat_h = max(lat_h, int(ij[:, 1].max()) + 1)
     if abs(d - s) <= 1e-9 * s:  # the lattice itself
         _check_size(lat_w, lat_h, d, tv, extent)
-        return _mean_into((lat_h, lat_w), ij[:, 1], ij[:, 0], vals), s
+        return _mean_into((lat_h, lat_w), ij[:, 1], ij[:, 0], vals), s, footprint
     w, h = math.ceil(extent[0] / d), math.ceil(extent[1] / d)
     _check_size(w, h, d, tv, extent)
-    if d > s:  # coarser: the mean of the tiles whose cell centre falls in the pixel
+    if d > s:  # coarser: the mean of the tiles (cells) whose cell centre falls in the pixel
         cx, cy = ((ij + 0.5) * s / d).T
         return _mean_into((h, w), np.floor(cy).astype(np.int64), np.floor(cx).astype(np.int64),
-                          vals), d
+                          vals), d, footprint
     # finer: each pixel takes the cell holding its centre
     lattice = _mean_into((lat_h, lat_w), ij[:, 1], ij[:, 0], vals)
     cols = np.floor((np.arange(w) + 0.5) * d / s).astype(np.int64)
     rows = np.floor((np.arange(h) + 0.5) * d / s).astype(np.int64)
-    return lattice[np.minimum(rows, lat_h - 1)[:, None], np.minimum(cols, lat_w - 1)[None, :]], d
+    return (lattice[np.minimum(rows, lat_h - 1)[:, None], np.minimum(cols, lat_w - 1)[None, :]],
+            d, footprint)
 
 
 def _encode(raster: np.ndarray, dtype: str) -> tuple[np.ndarray, dict]:
@@ -177,8 +224,15 @@ def _slide_extent(tv: TileValues, slide, slide_dimensions) -> tuple[int, int] | 
     return slide_dimensions
 
 
-def _sidecar(tv: TileValues, d: float, shape: tuple[int, int], info: dict, fmt: str) -> dict:
-    lattice = abs(d - tv.stride) <= 1e-9 * tv.stride
+def _sidecar(tv: TileValues, d: float, shape: tuple[int, int], info: dict, fmt: str,
+             footprint: dict) -> dict:
+    if footprint:
+        cell = footprint["cell_px"]
+        grid = (f"context windows, one cell per {cell:.6g} level-0 px" if abs(d - cell)
+                <= 1e-9 * cell else "resampled context windows")
+    else:
+        lattice = abs(d - tv.stride) <= 1e-9 * tv.stride
+        grid = "tile lattice (one value per tile)" if lattice else "resampled tile lattice"
     return {
         "napari_mil": "heatmap",
         "slide": tv.slide_name,
@@ -187,7 +241,7 @@ def _sidecar(tv: TileValues, d: float, shape: tuple[int, int], info: dict, fmt: 
         "layer": tv.name,
         "scale": tv.scale,
         "kind": tv.kind.value,
-        "grid": "tile lattice (one value per tile)" if lattice else "resampled tile lattice",
+        "grid": grid,
         "downsample": d,
         "lattice_stride_px": tv.stride,
         "origin_level0_xy": [0, 0],
@@ -197,6 +251,7 @@ def _sidecar(tv: TileValues, d: float, shape: tuple[int, int], info: dict, fmt: 
         "shape_hw": list(shape),
         "tile_size_level0": tv.tile_size,
         "alignment": "pixel (r, c) covers level-0 [c*d, (c+1)*d) x [r*d, (r+1)*d), d = downsample",
+        **footprint,
         **info,
     }
 
@@ -224,13 +279,13 @@ def write_heatmap_tiff(
     side = p.with_name(p.name + ".json")
     check_writable(p, overwrite=overwrite)
     check_writable(side, overwrite=overwrite)
-    raster, d = rasterize_tile_values(tv, downsample=downsample, pixel_size_um=pixel_size_um,
-                                      slide_dimensions=slide_dimensions)
+    raster, d, footprint = _rasterize(tv, downsample=downsample, pixel_size_um=pixel_size_um,
+                                      slide_dimensions=slide_dimensions, windows=True)
     data, info = _encode(raster, dtype)
     # the sidecar is committed only after the TIFF: a failed TIFF write keeps both old files
     with atomic_path(side, overwrite=overwrite) as side_tmp:
-        side_tmp.write_text(json.dumps(_sidecar(tv, d, raster.shape, info, "ome-tiff"), indent=1),
-                            encoding="utf-8")
+        sidecar = _sidecar(tv, d, raster.shape, info, "ome-tiff", footprint)
+        side_tmp.write_text(json.dumps(sidecar, indent=1), encoding="utf-8")
         write_pyramidal_tiff(
             p,
             data,
@@ -277,8 +332,8 @@ def write_heatmap_zarr(
     import zarr
 
     slide_dimensions = _slide_extent(tv, slide, slide_dimensions)
-    raster, d = rasterize_tile_values(tv, downsample=downsample, pixel_size_um=pixel_size_um,
-                                      slide_dimensions=slide_dimensions)
+    raster, d, footprint = _rasterize(tv, downsample=downsample, pixel_size_um=pixel_size_um,
+                                      slide_dimensions=slide_dimensions, windows=True)
     levels = [raster]
     while max(levels[-1].shape) > min_size:
         levels.append(_block_mean(levels[-1], 2))
@@ -309,7 +364,7 @@ def write_heatmap_zarr(
                     "version": "0.5",
                     "multiscales": [{"name": tv.label, "axes": axes, "datasets": datasets}],
                 },
-                "napari_mil": _sidecar(tv, d, raster.shape, info, "ome-zarr"),
+                "napari_mil": _sidecar(tv, d, raster.shape, info, "ome-zarr", footprint),
             }
         )
     return Path(path)

@@ -144,18 +144,40 @@ class SlideResult:
     def finest_scale(self) -> ScaleMap:
         return min(self.scales.values(), key=lambda s: s.scale.mpp)
 
+    def context_factors(self) -> dict[str, float]:
+        """Concentric (CS-MIL) results: ``{scale: window side / tile side}`` for every scale
+        coarser than the finest; ``{}`` for any other result.
+
+        A concentric result scored the same finest tiles at every scale (same corners, same
+        tile size); its value at a coarser scale describes the window the model read there,
+        centred on the tile and ``mpp_scale / mpp_finest`` times its side
+        (:func:`~napari_mil.tiling.grid.context_windows`, as ``run_slide`` reads them).
+        """
+        maps = list(self.scales.values())
+        if len(maps) < 2 or not all(
+                len(m) == len(maps[0]) and m.tile_size_level0 == maps[0].tile_size_level0
+                and np.array_equal(m.coords_xy, maps[0].coords_xy) for m in maps[1:]):
+            return {}
+        fine = self.finest_scale.scale.mpp
+        return {name: float(sm.scale.mpp / fine) for name, sm in self.scales.items()
+                if sm.scale.mpp > fine * (1 + 1e-9)}
+
     def tile_values(self) -> list:
         """Every value layer as :class:`~napari_mil.io.tile_maps.TileValues` (for the agreement
         metrics and the exports): instance scores (one map per class when they are (N, C)) and
-        attention, at every scale."""
+        attention, at every scale. A concentric result's coarser scales keep their finest
+        tiles and carry ``window_factor`` (:meth:`context_factors`): the metrics use the
+        tiles, the heatmap files paint the windows."""
         from ..io.tile_maps import TileKind, TileValues, lattice_stride_px
 
         out = []
+        factors = self.context_factors()
         for name, sm in self.scales.items():
             common = dict(coords_xy=sm.coords_xy, tile_size=int(round(sm.tile_size_level0)),
                           scale=name, mpp=self.slide_mpp, slide_name=self.slide_name,
                           slide_hash=self.slide_hash, slide_dimensions=self.slide_dimensions,
-                          stride_px=lattice_stride_px(sm.coords_xy, sm.tile_size_level0))
+                          stride_px=lattice_stride_px(sm.coords_xy, sm.tile_size_level0),
+                          window_factor=factors.get(name))
             s = sm.instance_scores
             if s is not None and s.ndim == 1:
                 out.append(TileValues(values=s, name="instance scores", **common))

@@ -46,6 +46,7 @@ from .model_input import model_features
 from .result import ScaleMap, SlideResult
 
 __all__ = ["RunStage", "RunSettings", "RunProgress", "run_slide", "analyze_slide", "input_layout",
+           "architecture_layout",
            "check_card_scales", "check_tile_budget", "MAX_LATTICE_TILES", "MIN_PATCH_PX"]
 
 #: tiles of one scale's lattice over the whole slide beyond which a run is refused up front
@@ -135,7 +136,12 @@ def input_layout(model) -> InputLayout:
     layout = getattr(model, "input_layout", None)
     if layout is not None:
         return InputLayout(layout)
-    return _LAYOUT_BY_ARCH.get(model.card.architecture, InputLayout.BAG)
+    return architecture_layout(model.card.architecture)
+
+
+def architecture_layout(architecture: str) -> InputLayout:
+    """The input layout of a registered architecture name (a model card's)."""
+    return _LAYOUT_BY_ARCH.get(architecture, InputLayout.BAG)
 
 
 def _cache_arg(settings: RunSettings):

@@ -13,8 +13,10 @@ Files read by :func:`load_tile_maps` (until ``SlideResult`` is plugged in):
   (e.g. ``attention@5x``). A layer whose name starts with ``attention`` is attention,
   anything else an instance score. Optional ``stride_px[@<scale>]`` () float: the lattice
   stride in level-0 px (default: inferred from the coordinates, see :func:`lattice_stride_px`).
+  Optional ``window_factor[@<scale>]`` () float: the values describe windows that many times
+  the tile's side centred on each tile (CS-MIL context scales, see :class:`TileValues`).
 * ``.json``: ``{"mpp": 0.5, "maps": [{"name", "scale", "kind", "tile_size", "coords_xy",
-  "values", "stride_px" (optional)}, ...]}``.
+  "values", "stride_px" (optional), "window_factor" (optional)}, ...]}``.
 
 Both may name the slide they were computed on (``slide_name``, ``slide_hash``, written by
 :func:`save_tile_maps` when the maps know it); :func:`check_same_slide` then refuses to apply
@@ -42,6 +44,8 @@ __all__ = ["TileKind", "TileValues", "check_same_slide", "lattice_stride_px", "l
 
 #: relative difference of two pixel sizes still taken as the same slide scan
 MPP_RTOL = 1e-3
+#: the widest context window a tile map may describe, in tile sides (CS-MIL uses 2 and 4)
+MAX_WINDOW_FACTOR = 256.0
 
 
 def check_same_slide(slide, *, name: str | None, content_hash: str | None, mpp: float | None,
@@ -104,7 +108,11 @@ class TileValues:
     """Values on tiles: ``coords_xy`` (N, 2) level-0 top-left corners, square tiles of
     ``tile_size`` level-0 px, ``values`` (N,). ``mpp`` is the slide's level-0 pixel size.
     ``stride_px``: the lattice stride in level-0 px (fractional at real pixel sizes; default
-    inferred from the corners, :func:`lattice_stride_px`); read it as :attr:`stride`."""
+    inferred from the corners, :func:`lattice_stride_px`); read it as :attr:`stride`.
+    ``window_factor``: the values describe windows that many times the tile's side, centred
+    on each tile (a CS-MIL context scale; None: the tiles themselves). The agreement metrics
+    use the tiles either way; the heatmap files paint the windows
+    (:mod:`napari_mil.tiling.footprint`)."""
 
     coords_xy: np.ndarray
     tile_size: int
@@ -118,6 +126,7 @@ class TileValues:
     slide_hash: str | None = None
     slide_dimensions: tuple[int, int] | None = None
     stride_px: float | None = None
+    window_factor: float | None = None
 
     def __post_init__(self) -> None:
         coords = np.asarray(self.coords_xy)
@@ -157,6 +166,23 @@ class TileValues:
             raise ResultError(
                 f"Tile map {self.name!r}: stride_px must be positive, got {self.stride_px}.")
         object.__setattr__(self, "stride_px", float(stride))
+        factor = self.window_factor
+        if factor is not None:
+            try:
+                factor = float(factor)
+            except (TypeError, ValueError):
+                factor = math.nan
+            if not (math.isfinite(factor) and 0 < factor <= MAX_WINDOW_FACTOR):
+                raise ResultError(f"Tile map {self.name!r}: window_factor must be a number in "
+                                  f"(0, {MAX_WINDOW_FACTOR}] (a window that many times the "
+                                  f"tile's side), got {self.window_factor!r}.")
+            object.__setattr__(self, "window_factor", None if factor == 1.0 else factor)
+
+    @property
+    def window_tile_size_px(self) -> float:
+        """The tile side the windows are measured from: the stride when the stored (whole-px)
+        tile size is the fractional stride rounded (real pixel sizes), else the tile size."""
+        return self.stride if abs(self.tile_size - self.stride) < 1.0 else float(self.tile_size)
 
     def __len__(self) -> int:
         return int(self.values.shape[0])
@@ -191,6 +217,8 @@ def _kind(name: str) -> TileKind:
 _TABLE_HINT = ("Expected .npz with coords_xy/tile_size/<layer> arrays or .json with a 'maps' "
                "list (see napari_mil.io.tile_maps).")
 _TEXT_KEYS = ("scale", "slide_name", "slide_hash")
+#: per-scale numbers of a ``.npz`` table (one value each, suffixed ``@<scale>`` like the layers)
+_SCALARS = ("tile_size", "stride_px", "window_factor")
 #: tiles per layer (as ``result_checks.MAX_TILES``) and bytes of a JSON table
 _MAX_TILES = 20_000_000
 _MAX_JSON_BYTES = 2 * 2**30
@@ -210,7 +238,7 @@ def _load_npz(path: Path) -> list[TileValues]:
 
     for key, m in members.items():
         base = key.partition("@")[0]
-        if key in _TEXT_KEYS or key == "mpp" or base in ("tile_size", "stride_px"):
+        if key in _TEXT_KEYS or key == "mpp" or base in _SCALARS:
             if math.prod(m.shape) != 1 or (key in _TEXT_KEYS) != (m.dtype.kind == "U"):
                 raise bad(key, f"has shape {m.shape} {m.dtype}; expected one "
                                f"{'text' if key in _TEXT_KEYS else 'number'}")
@@ -238,7 +266,7 @@ def _load_npz(path: Path) -> list[TileValues]:
     out = []
     for key, arr in arrays.items():
         base, _, scale = key.partition("@")
-        if base in ("coords_xy", "tile_size", "stride_px"):
+        if base in ("coords_xy", *_SCALARS):
             continue
         suffix = f"@{scale}" if scale else ""
         out.append(
@@ -254,6 +282,8 @@ def _load_npz(path: Path) -> list[TileValues]:
                 slide_hash=text.get("slide_hash") or None,
                 stride_px=(float(arrays[f"stride_px{suffix}"].reshape(-1)[0])
                            if f"stride_px{suffix}" in arrays else None),
+                window_factor=(float(arrays[f"window_factor{suffix}"].reshape(-1)[0])
+                               if f"window_factor{suffix}" in arrays else None),
             )
         )
     return out
@@ -280,6 +310,7 @@ def _load_json(path: Path, size: int) -> list[TileValues]:
             slide_name=doc.get("slide_name"),
             slide_hash=doc.get("slide_hash"),
             stride_px=m.get("stride_px"),
+            window_factor=m.get("window_factor"),
         )
         for m in doc["maps"]
     ]
@@ -326,6 +357,7 @@ def save_tile_maps(maps: Sequence[TileValues], path: PathLike, *, overwrite: boo
                     "coords_xy": m.coords_xy.tolist(),
                     "values": m.values.tolist(),
                     "stride_px": m.stride,
+                    **({"window_factor": m.window_factor} if m.window_factor else {}),
                 }
                 for m in maps
             ],
@@ -338,6 +370,8 @@ def save_tile_maps(maps: Sequence[TileValues], path: PathLike, *, overwrite: boo
         arrays[f"coords_xy{suffix}"] = m.coords_xy
         arrays[f"tile_size{suffix}"] = np.int64(m.tile_size)
         arrays[f"stride_px{suffix}"] = np.float64(m.stride)
+        if m.window_factor:
+            arrays[f"window_factor{suffix}"] = np.float64(m.window_factor)
         arrays[f"{m.name}{suffix}"] = m.values
     with atomic_path(p, overwrite=overwrite) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **arrays)

@@ -68,6 +68,8 @@ class MapPicture:
     kind: str
     png: bytes = field(repr=False)
     stats: Mapping[str, Any] = field(default_factory=dict)
+    #: what one painted value covers when it is not the tile (a CS-MIL context window)
+    footprint: str = ""
 
 
 @dataclass(frozen=True)
@@ -165,13 +167,14 @@ def _attention_row(name: str, att: np.ndarray) -> dict:
 
 
 def _map_pictures(result, thumb: np.ndarray) -> list[MapPicture]:
-    from ..layers import lattice_stride_level0, tile_heatmap
+    from ..layers import lattice_stride_level0, scale_map_heatmap
 
     out = []
     for tv in result.tile_values():
         sm = result.scales[tv.scale]
-        lattice, _s, _t = tile_heatmap(sm, tv.values, slide_dimensions=result.slide_dimensions)
-        stride = lattice_stride_level0(sm)
+        # as the review shows it: tiles, or a concentric context scale over its windows
+        lattice, _s, _t, footprint = scale_map_heatmap(result, sm, tv.values)
+        stride = footprint.get("cell_px", lattice_stride_level0(sm))
         v = tv.values[np.isfinite(tv.values)]
         if tv.kind == "attention":
             lo, hi = (float(v.min()), float(v.max())) if len(v) else (0.0, 1.0)
@@ -180,12 +183,14 @@ def _map_pictures(result, thumb: np.ndarray) -> list[MapPicture]:
             lo, hi, cmap, label = 0.0, 1.0, "inferno", "instance score (probability)"
         png = figures.heatmap_overlay_png(
             thumb, result.slide_dimensions, lattice, stride,
-            title=f"{tv.name} [{tv.scale}]", cmap=cmap, vmin=lo, vmax=hi if hi > lo else lo + 1,
+            title=f"{tv.name} [{tv.scale}]" + (f"\n{footprint['footprint']}" if footprint else ""),
+            cmap=cmap, vmin=lo, vmax=hi if hi > lo else lo + 1,
             label=label)
         stats = {"tiles": int(len(tv.values)), "min": float(v.min()) if len(v) else math.nan,
                  "max": float(v.max()) if len(v) else math.nan,
                  "mean": float(v.mean()) if len(v) else math.nan}
-        out.append(MapPicture(tv.name, tv.scale, str(tv.kind), png, stats))
+        out.append(MapPicture(tv.name, tv.scale, str(tv.kind), png, stats,
+                              footprint.get("footprint", "")))
     return out
 
 

@@ -61,7 +61,8 @@ def _maps(r: ReviewReport) -> str:
         st = m.stats
         cap = (f"{escape(m.name)} [{escape(m.scale)}]: {st.get('tiles', 0)} tiles, "
                f"min {format_value(st.get('min'))}, mean {format_value(st.get('mean'))}, "
-               f"max {format_value(st.get('max'))}")
+               f"max {format_value(st.get('max'))}"
+               + (f"; each value painted over its {escape(m.footprint)}" if m.footprint else ""))
         figs.append(f"<figure>{_img(m.png, f'{m.name} [{m.scale}] over the slide')}"
                     f"<figcaption>{cap}</figcaption></figure>")
     return ('<section id="heatmaps"><h2>Heatmaps over the slide</h2>'
