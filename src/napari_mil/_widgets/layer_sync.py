@@ -206,6 +206,9 @@ def warm_first_use() -> None:
 
 
 WARM_UP = "napari-mil start-up"  # the name prefix of the throwaway layers of warm_canvas
+#: every character of the top-k labels ("#3 0.87"): their glyphs are rendered at start-up, not
+#: at the first run's labels
+_WARM_GLYPHS = "#0123456789 .-−naN"
 
 
 def warm_canvas(viewer, linger_ms: int = 400, on_done=None) -> None:
@@ -232,8 +235,8 @@ def warm_canvas(viewer, linger_ms: int = 400, on_done=None) -> None:
         made = [viewer.add_labels(np.zeros((2, 2), np.uint8), name=f"{WARM_UP} labels",
                                   **common),
                 viewer.add_shapes([box], shape_type="rectangle", name=f"{WARM_UP} shapes",
-                                  features={"label": ["1"]},
-                                  text={"string": "{label}", "size": 8}, **common),
+                                  features={"label": [_WARM_GLYPHS]},
+                                  text={"string": "{label}", "size": 10}, **common),
                 viewer.add_image(np.zeros((2, 2), np.float32), name=f"{WARM_UP} image",
                                  **common)]
     except Exception:  # a closing viewer: nothing to warm  # noqa: BLE001
