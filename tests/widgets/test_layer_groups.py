@@ -260,22 +260,23 @@ def test_user_and_renamed_layers(review):
 
 
 def test_empty_layers_of_a_run_go_under_their_model(make_napari_viewer, runs):
-    """The empty layers added before a run sit under the model and are filled in place."""
-    from napari_mil._widgets.layer_sync import add_missing_layers
-    from napari_mil.layers import placeholder_layer_data
+    """The empty layers the analysis dock adds before a run sit under their model and are
+    filled in place."""
+    from napari_mil._widgets.analysis_dock import AnalysisDock
 
     paths, models, results = runs
     viewer = make_napari_viewer()
     dock = LayerGroupsDock(viewer)
-    s = session_for(viewer)
+    analysis = AnalysisDock(viewer)
+    s = analysis.session
     sl = s.open_slide(paths[A])
     model, ckpt = models[0]
     s.add_model(model, ckpt)
-    add_missing_layers(viewer, placeholder_layer_data(
-        model.card, f"{A} · {ABMIL}", sl.mpp, tuple(sl.slide.dimensions)))
+    analysis.prepare_layers()
     item = dock.model_item(A, ABMIL)
-    assert item is not None and item.childCount() > 0
+    assert item is not None and item.childCount() >= 3  # scores, attention, top-k, tissue
     assert all(t.endswith("(empty until a run)") for t in texts(item))
+    assert not any(t.endswith("(empty until a run)") for t in texts(dock.slide_item(A)))
     empty = dock.group_layers(item)
     s.add_result(sl, ABMIL, results[(A, ABMIL)])
     filled = {lyr.name for lyr in viewer.layers if key_of(lyr) == ResultKey(A, ABMIL)}
@@ -286,6 +287,7 @@ def test_empty_layers_of_a_run_go_under_their_model(make_napari_viewer, runs):
     assert all(t.endswith("(empty until a run)") for n, t in under.items() if n not in filled)
     kept = [lyr for lyr in empty if lyr in viewer.layers and lyr.name in filled]
     assert kept and all(dock.item_of(lyr).parent() is item for lyr in kept)  # filled in place
+    analysis.shutdown()
 
 
 def test_in_the_workstation_and_the_plugin_menu(make_napari_viewer, runs):

@@ -72,23 +72,23 @@ def group_of(layer, slides, models) -> tuple[str, str] | None:
     key = meta.get("session_key")
     if key:
         return str(key[0]), str(key[1])
-    sid = meta.get("session_slide")
-    if sid:
-        return str(sid), ""
     group = meta.get("layer_group")  # listed there, not managed by the session's layer view
     if group:
         return str(group[0]), str(group[1]) if len(group) > 1 else ""
-    if not meta.get("napari_mil"):
+    sid = meta.get("session_slide")
+    if sid and not meta.get("placeholder"):
+        return str(sid), ""
+    if not sid and not meta.get("napari_mil"):
         return OTHER
-    name = str(layer.name)  # an empty layer made ahead of a run: "<slide> · <model> · <what>"
-    for sid in sorted(slides, key=len, reverse=True):
-        if name.startswith(sid + GROUP_SEP):
-            rest = name[len(sid) + len(GROUP_SEP):]
-            for mid in sorted(models, key=len, reverse=True):
-                if rest.startswith(mid + GROUP_SEP):
-                    return sid, mid
-            return sid, ""
-    return OTHER
+    # an empty layer made ahead of a run (or untagged): its name "<slide> · <model> · <what>"
+    name = str(layer.name)
+    for s in [str(sid)] if sid else sorted(slides, key=len, reverse=True):
+        if name.startswith(s + GROUP_SEP):
+            rest = name[len(s) + len(GROUP_SEP):]
+            mid = next((m for m in sorted(models, key=len, reverse=True)
+                        if rest.startswith(m + GROUP_SEP)), "")
+            return s, mid
+    return (str(sid), "") if sid else OTHER
 
 
 class LayerGroupsDock(QWidget):
