@@ -315,3 +315,66 @@ def test_in_the_workstation_and_the_plugin_menu(make_napari_viewer, runs):
     assert top_texts(ws.layer_groups) == [A, B]  # the drawing layers are the slide's
     drawn = {"drawn annotations", "drawn points", "brush"}
     assert drawn <= set(texts(ws.layer_groups.slide_item(A)))
+
+
+def test_a_restored_session_gives_the_same_tree(review, tmp_path):
+    """*Open session…* restores into the same session object: the tree empties and fills again
+    from the events, as it was (what was hidden stays hidden)."""
+    from napari_mil._widgets.session_layers import SessionLayers
+
+    viewer, dock, s = review
+    click(dock.model_item(A, ZOOM), Qt.Unchecked)
+    before = outline(dock)
+    view = SessionLayers.of(viewer)
+    view.remember_view()
+    path = s.save(tmp_path / "review.napari-mil.json")
+    s.restore(path)
+    view.replay()
+    assert outline(dock) == before
+    assert dock.model_item(A, ZOOM).checkState(0) == Qt.Unchecked
+
+
+def test_a_slide_opened_with_file_open_moves_from_other_to_its_slide(make_napari_viewer, runs):
+    """A slide layer from napari's reader is the user's until the session adopts it."""
+    from review_helpers import add_slide_layer
+
+    paths, _models, _results = runs
+    viewer = make_napari_viewer()
+    dock = LayerGroupsDock(viewer)
+    layer = add_slide_layer(viewer, paths[B])
+    assert top_texts(dock) == ["Other"] and texts(dock.other_item) == [layer.name]
+    s = session_for(viewer)
+    s.add_slide(open_slide(paths[B]))
+    assert top_texts(dock) == [B]
+    assert dock.item_of(layer).parent() is dock.slide_item(B)
+    assert dock.item_of(layer).text(0) == "slide"
+    assert dock.slide_item(B).checkState(0) == Qt.Checked
+
+
+def test_group_of_reads_metadata_first_then_an_empty_layers_name():
+    from napari.layers import Image
+
+    from napari_mil._widgets.layer_grouping import OTHER, group_of, layer_label
+
+    slides, models = ["case-01", "case-01 (b)"], ["model-abmil", "model-abmil (v2)"]
+
+    def layer(name, **meta):
+        return Image(np.zeros((2, 2), np.float32), name=name, metadata=meta)
+
+    empty = layer("case-01 (b) · model-abmil (v2) · attention [20x]", napari_mil=True,
+                  placeholder=True)
+    assert group_of(empty, slides, models) == ("case-01 (b)", "model-abmil (v2)")
+    assert layer_label(empty, ("case-01 (b)", "model-abmil (v2)")) == (
+        "attention [20x] (empty until a run)")
+    tagged = layer("case-01 · model-abmil · tissue", napari_mil=True, placeholder=True,
+                   session_slide="case-01")
+    assert group_of(tagged, slides, models) == ("case-01", "model-abmil")
+    assert group_of(layer("renamed", session_key=["case-01 (b)", "model-abmil"]), slides,
+                    models) == ("case-01 (b)", "model-abmil")
+    assert group_of(layer("case-01 · model-abmil − model-abmil (v2) · difference [20x]",
+                          napari_mil=True, session_slide="case-01"), slides, models) == (
+        "case-01", "")
+    assert group_of(layer("case-01 · drawn points", layer_group=["case-01"]), slides,
+                    models) == ("case-01", "")
+    assert group_of(layer("case-01 · model-abmil · mine"), slides, models) == OTHER
+    assert group_of(layer("warm", warm_up=True, napari_mil=True), slides, models) is None

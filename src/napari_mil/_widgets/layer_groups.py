@@ -44,51 +44,12 @@ from qtpy.QtWidgets import (
 )
 
 from ..session import ResultKey
-from ..session.entries import GROUP_SEP
+from .layer_grouping import COMPARED_KINDS, OTHER, VALUE_KINDS, group_of, layer_kind, layer_label
 from .session_layers import SessionLayers, connect_all, disconnect_all
 
-__all__ = ["LayerGroupsDock", "group_of", "OTHER", "VALUE_KINDS"]
+__all__ = ["LayerGroupsDock"]
 
-#: the group of a layer without session metadata (the user's own layers)
-OTHER = ("", "")
-#: kinds of a model's value layers (what *Solo* shows)
-VALUE_KINDS = ("instance scores", "attention")
-#: kinds that *Solo* hides for the other models (and the slide's difference layer)
-_COMPARED_KINDS = (*VALUE_KINDS, "top-k", "difference")
 _ROLE = Qt.UserRole
-
-
-def _kind(layer) -> str:
-    return str(layer.metadata.get("kind", "")).split(" (")[0]
-
-
-def group_of(layer, slides, models) -> tuple[str, str] | None:
-    """``(slide, model)`` of ``layer``'s group: ``(slide, "")`` for a slide-level layer,
-    :data:`OTHER` for a layer of the user's, None for one never listed (start-up warm-up).
-    ``slides`` / ``models`` are the session's ids (to read an empty layer's name)."""
-    meta = layer.metadata
-    if meta.get("warm_up"):
-        return None
-    key = meta.get("session_key")
-    if key:
-        return str(key[0]), str(key[1])
-    group = meta.get("layer_group")  # listed there, not managed by the session's layer view
-    if group:
-        return str(group[0]), str(group[1]) if len(group) > 1 else ""
-    sid = meta.get("session_slide")
-    if sid and not meta.get("placeholder"):
-        return str(sid), ""
-    if not sid and not meta.get("napari_mil"):
-        return OTHER
-    # an empty layer made ahead of a run (or untagged): its name "<slide> · <model> · <what>"
-    name = str(layer.name)
-    for s in [str(sid)] if sid else sorted(slides, key=len, reverse=True):
-        if name.startswith(s + GROUP_SEP):
-            rest = name[len(s) + len(GROUP_SEP):]
-            mid = next((m for m in sorted(models, key=len, reverse=True)
-                        if rest.startswith(m + GROUP_SEP)), "")
-            return s, mid
-    return (str(sid), "") if sid else OTHER
 
 
 class LayerGroupsDock(QWidget):
@@ -261,23 +222,8 @@ class LayerGroupsDock(QWidget):
         sid, mid = group
         return self._model_item(sid, mid) if mid else self._slide_item(sid)
 
-    def _label(self, layer, group: tuple[str, str]) -> str:
-        name = str(layer.name)
-        sid, mid = group
-        if group != OTHER:
-            if name == sid:
-                name = "slide"
-            for prefix in ((sid + GROUP_SEP + mid + GROUP_SEP) if mid else "",
-                           sid + GROUP_SEP):
-                if prefix and name.startswith(prefix):
-                    name = name[len(prefix):]
-                    break
-        if layer.metadata.get("placeholder"):
-            name += " (empty until a run)"
-        return name
-
     def _decorate(self, layer, item: QTreeWidgetItem, group: tuple[str, str]) -> None:
-        item.setText(0, self._label(layer, group))
+        item.setText(0, layer_label(layer, group))
         meaning = layer.metadata.get("meaning")
         item.setToolTip(0, f"{layer.name}\n{meaning}" if meaning else str(layer.name))
 
@@ -377,7 +323,7 @@ class LayerGroupsDock(QWidget):
             self._prune(old)
             self._refresh_group(old)
             self._refresh_group(group)
-        label = self._label(layer, group)
+        label = layer_label(layer, group)
         if item.text(0) != label:
             self._decorate(layer, item, group)
 
@@ -546,9 +492,9 @@ class LayerGroupsDock(QWidget):
         slide ``sid`` (its other layers — slide, annotations, tissue — stay as they are)."""
         self.activate(sid)
         for layer, _item, (lsid, lmid) in list(self._layers.values()):
-            if lsid != sid or _kind(layer) not in _COMPARED_KINDS:
+            if lsid != sid or layer_kind(layer) not in COMPARED_KINDS:
                 continue
-            want = lmid == mid and _kind(layer) in VALUE_KINDS
+            want = lmid == mid and layer_kind(layer) in VALUE_KINDS
             if layer.visible != want:
                 layer.visible = want
 
@@ -560,7 +506,7 @@ class LayerGroupsDock(QWidget):
         sid = entry[2][0]
         self.activate(sid)
         for other, _item, (lsid, _m) in list(self._layers.values()):
-            if lsid == sid and _kind(other) in _COMPARED_KINDS:
+            if lsid == sid and layer_kind(other) in COMPARED_KINDS:
                 other.visible = other is layer
         layer.visible = True
 
@@ -610,7 +556,7 @@ class LayerGroupsDock(QWidget):
             menu.addAction(f"Hide all of {mid}", lambda: self.set_model_visible(sid, mid, False))
         if tag[0] == "layer" and tag[1] in self._layers:
             layer = self._layers[tag[1]][0]
-            if _kind(layer) in _COMPARED_KINDS and self._layers[tag[1]][2] != OTHER:
+            if layer_kind(layer) in COMPARED_KINDS and self._layers[tag[1]][2] != OTHER:
                 menu.addAction("Solo this layer", lambda: self.solo_layer(layer))
         if not menu.isEmpty():
             menu.exec_(self.tree.viewport().mapToGlobal(pos))
