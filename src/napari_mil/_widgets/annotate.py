@@ -213,9 +213,11 @@ class AnnotateDock(QWidget):
         name = slide.name
         self.shapes = self.viewer.add_shapes(
             name=f"{name} · drawn annotations", scale=scale, units=("um", "um"),
-            ndim=2, edge_width=2, features=_empty_features(hole=True))
+            metadata={"layer_group": [name]}, ndim=2, edge_width=2,
+            features=_empty_features(hole=True))
         self.points = self.viewer.add_points(
             name=f"{name} · drawn points", scale=scale, units=("um", "um"), ndim=2, size=14,
+            metadata={"layer_group": [name]},
             features=_empty_features(hole=False))
         w, h = slide.dimensions
         self.brush_downsample = max(1.0, max(w, h) / BRUSH_CANVAS_PX)
@@ -223,6 +225,7 @@ class AnnotateDock(QWidget):
         self.brush = self.viewer.add_labels(
             np.zeros((int(np.ceil(h / ds)), int(np.ceil(w / ds))), np.uint8),
             name=f"{name} · brush", scale=(mpp * ds, mpp * ds), units=("um", "um"),
+            metadata={"layer_group": [name]},
             translate=((ds - 1) / 2 * mpp, (ds - 1) / 2 * mpp), opacity=0.5)
         self._update_brush_colors()
         for layer in (self.shapes, self.points):

@@ -27,6 +27,7 @@ from pathlib import Path
 from ..errors import CancelledError, NapariMilError, ResultError
 from .annotate import AnnotateDock
 from .cohort_dock import CohortDock
+from .layer_groups import LayerGroupsDock
 from .navigation import NavigationDock
 from .session_layers import VIEWER_SHAPES, SessionLayers
 
@@ -306,6 +307,7 @@ class Workstation:
     navigation: NavigationDock
     annotate: AnnotateDock
     cohort: CohortDock
+    layer_groups: LayerGroupsDock | None = None
 
     @property
     def session(self):
@@ -314,8 +316,8 @@ class Workstation:
 
 def add_workstation_docks(viewer, results: Path | str | None = None,
                           search_dirs: Sequence[Path | str] = (), *, prompt=None) -> Workstation:
-    """Add the three docks to ``viewer`` as views of its review session; ``results`` opens an
-    ``infer`` folder (or a session file) at once."""
+    """Add the three docks to ``viewer`` as views of its review session, and the layer groups
+    (tabbed with *Annotate*); ``results`` opens an ``infer`` folder (or a session file) at once."""
     link = WorkstationLink.of(viewer, search_dirs=search_dirs, prompt=prompt)
     if search_dirs:
         link.search_dirs = link.cohort.search_dirs = [Path(d) for d in search_dirs]
@@ -323,10 +325,13 @@ def add_workstation_docks(viewer, results: Path | str | None = None,
         link.prompt = link.annotate.prompt = prompt
     viewer.window.add_dock_widget(link.cohort, name="Cohort review", area="right")
     viewer.window.add_dock_widget(link.navigation, name="Navigation", area="left")
-    viewer.window.add_dock_widget(link.annotate, name="Annotate", area="left")
+    annotate = viewer.window.add_dock_widget(link.annotate, name="Annotate", area="left")
+    groups = LayerGroupsDock(viewer)
+    viewer.window.add_dock_widget(groups, name="Layer groups", area="left", tabify=True)
+    annotate.raise_()  # Annotate stays the tab in front
     if results is not None:
         link.cohort.load_folder(results)
-    return Workstation(link, link.navigation, link.annotate, link.cohort)
+    return Workstation(link, link.navigation, link.annotate, link.cohort, groups)
 
 
 # npe2 widget contributions (Plugins menu): each dock is a view of the viewer's session

@@ -9,9 +9,9 @@
 renders under Xvfb). ``--session`` restores a saved review (nothing is recomputed);
 ``--save-session`` writes the review once the runs have ended. A saved result (``--result``)
 is checked against the slide by content hash and shown without recomputing.
-``--workstation`` adds the cohort review, navigation and annotate docks on the same session
-(what is drawn there is the agreement's annotations); ``--cohort RESULTS`` also opens an
-``infer`` output folder in the cohort dock.
+``--workstation`` adds the cohort review, navigation, annotate and layer-groups docks on the
+same session (what is drawn there is the agreement's annotations); ``--cohort RESULTS`` also
+opens an ``infer`` output folder in the cohort dock.
 """
 
 from __future__ import annotations
@@ -58,7 +58,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--screenshot", type=Path, default=None,
                    help="wait for the runs, write the window to this PNG and exit")
     p.add_argument("--workstation", action="store_true",
-                   help="add the cohort review, navigation and annotate docks (same session)")
+                   help="add the cohort review, navigation, annotate and layer-groups docks "
+                        "(same session)")
     p.add_argument("--cohort", type=Path, default=None, metavar="RESULTS",
                    help="an `infer` output folder for the cohort dock (implies --workstation)")
     p.add_argument("--window-size", type=_size, default=None, metavar="WxH",
