@@ -8,7 +8,8 @@ tiles export, ROI crops export and layer removal (forgetting a model). Each acti
 from the click until its effect is in the viewer, ``--reps`` times (median reported), with the
 idle viewer as the baseline (the ratio). "repaint" changes only the slide layer's opacity: one
 repaint of the canvas, the floor of every action that changes what is on screen (with Mesa's
-software OpenGL, its cost depends on the window size and the CPU, not on napari-mil). ``--run-only`` keeps the older single-run bench below.
+software OpenGL, its cost depends on the window size and the CPU, not on napari-mil).
+``--run-only`` keeps the older single-run bench below.
 
 Measures, on a generated slide with lesions and the sample model (``sample_data/model-abmil``
 when present, else a linear probe fitted here on the slide's ``cnn-20x``/``cnn`` features):

@@ -10,7 +10,7 @@ import pytest
 from qtpy.QtCore import Qt
 
 from napari_mil._widgets.layer_groups import LayerGroupsDock
-from napari_mil._widgets.session_layers import key_of, session_for, slide_of
+from napari_mil._widgets.session_layers import SessionLayers, key_of, session_for, slide_of
 from napari_mil.io.slide import open_slide
 from napari_mil.session import ResultKey, ReviewSession
 
@@ -223,6 +223,7 @@ def test_switching_slide_shows_the_right_layers(review):
 def test_removing_a_model_removes_its_nodes(review):
     viewer, dock, s = review
     s.remove_model(ABMIL)
+    SessionLayers.of(viewer).work.flush()  # its layers go a few per event-loop turn
     for sid in (A, B):
         assert dock.model_item(sid, ABMIL) is None
         assert texts(dock.slide_item(sid))[0] == ZOOM

@@ -158,7 +158,9 @@ def test_no_stale_layer_after_a_model_switch_and_no_name_collision(
     assert visible and all(f" · {z} · " in n for n in visible)
     # forgetting a model takes its layers with it
     session.remove_model(a)
-    assert not [lyr.name for lyr in viewer.layers if f" · {a} " in lyr.name]
+    assert not [lyr.name for lyr in viewer.layers if f" · {a} " in lyr.name and lyr.visible]
+    qtbot.waitUntil(lambda: not [lyr.name for lyr in viewer.layers if f" · {a} " in lyr.name],
+                    timeout=10_000)  # hidden at once, removed a few per event-loop turn
     # the other slide: its own layers, the first slide's hidden
     session.set_active_slide("case-01 (b)")
     _run(qtbot, analysis)

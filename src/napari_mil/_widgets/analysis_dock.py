@@ -100,6 +100,7 @@ class AnalysisDock(SessionBinding, RunControl, QWidget):
         self._progress_timer.timeout.connect(self._show_progress)
         self._last_progress_ui = 0.0
         self._closed = False
+        self.layers_view.work.on_idle.append(self._maybe_settled)  # settles after removals
         self._build()
         self._connect()
         for layer in self.slide_layers():  # slides opened before the dock

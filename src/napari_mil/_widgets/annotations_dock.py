@@ -170,7 +170,15 @@ class AnnotationsDock(ExportActions, QWidget):
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.verticalHeader().setVisible(False)
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        # the metrics keep their width; the model and map names give way (elided, the full
+        # name in the tooltip), so every metric column is in view on a 1366×768 screen
+        header = self.table.horizontalHeader()
+        header.setMinimumSectionSize(36)
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Interactive)
+        header.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
+        self.table.setColumnWidth(0, 96)
+        self.table.setTextElideMode(Qt.TextElideMode.ElideMiddle)
         self.table.setMinimumHeight(120)
         self.table.itemSelectionChanged.connect(self._row_selected)
         lay.addWidget(self.table)
@@ -431,7 +439,7 @@ class AnnotationsDock(ExportActions, QWidget):
                 _f(getattr(rep, attr)) for _h, attr, _t in COLUMNS[2:]]
             for j, text in enumerate(cells):
                 item = QTableWidgetItem(text)
-                item.setToolTip(COLUMNS[j][2])
+                item.setToolTip(f"{text}: {COLUMNS[j][2]}" if j < 2 else COLUMNS[j][2])
                 if j >= 2:
                     item.setTextAlignment(Qt.AlignmentFlag.AlignRight
                                           | Qt.AlignmentFlag.AlignVCenter)

@@ -319,6 +319,12 @@ class SessionBinding:
             self.notify_error(exc)
             return False
         self.layers_view.replay()
+        if self.session.load_notes:  # what the file held but the review left out, and why
+            from napari.utils.notifications import show_warning
+
+            notes = " ".join(self.session.load_notes)
+            self.status_label.setText(f"Opened {Path(path).name}. {notes}")
+            show_warning(notes)
         return True
 
     def _save_session_dialog(self) -> None:

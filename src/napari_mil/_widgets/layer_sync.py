@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+from collections import deque
 from collections.abc import Iterable
 
 import numpy as np
 
 __all__ = ["is_layer_type", "upsert_layer", "upsert_layers", "remove_layers", "find_layer",
            "write_layer", "add_missing_layers", "is_placeholder", "freeze_long_lived",
-           "warm_first_use", "warm_canvas", "keep_selection", "collect_young_on_removal"]
+           "warm_first_use", "warm_canvas", "keep_selection", "collect_young_on_removal",
+           "LayerWorkQueue"]
 
 _UPDATABLE = ("scale", "translate", "colormap", "contrast_limits", "metadata", "features",
               "edge_color", "text")
@@ -167,6 +170,59 @@ def collect_young_on_removal() -> bool:
         return False
     canvas.gc = _YoungCollector()
     return True
+
+
+class LayerWorkQueue:
+    """Work on the viewer's layers done one piece per event-loop turn, so the viewer paints
+    and takes input between two pieces (adding or removing layers is what stalls napari).
+
+    Nothing queued is ever dropped; :meth:`flush` does the rest at once (e.g. before layers of
+    the same names are written again).
+    """
+
+    def __init__(self, gap_ms: int = 8) -> None:
+        self._queue: deque = deque()
+        self._gap_ms = gap_ms
+        self._scheduled = False
+        self.on_idle: list = []  # called when the last queued piece is done
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._queue)
+
+    def put(self, fn) -> None:
+        self._queue.append(fn)
+        self._schedule()
+
+    def flush(self) -> None:
+        while self._queue:
+            self._run(self._queue.popleft())
+
+    def clear(self) -> None:
+        self._queue.clear()
+
+    def _schedule(self) -> None:
+        if self._queue and not self._scheduled:
+            from qtpy.QtCore import QTimer
+
+            self._scheduled = True
+            QTimer.singleShot(self._gap_ms, self._next)
+
+    def _next(self) -> None:
+        self._scheduled = False
+        if self._queue:
+            self._run(self._queue.popleft())
+        self._schedule()
+        if not self._queue:
+            for fn in list(self.on_idle):
+                self._run(fn)
+
+    @staticmethod
+    def _run(fn) -> None:
+        try:
+            fn()
+        except Exception:  # noqa: BLE001 - a closing viewer; the next piece still runs
+            logging.getLogger(__name__).exception("layer update failed")
 
 
 def remove_layers(viewer, names: Iterable[str]) -> None:

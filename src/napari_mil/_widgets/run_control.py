@@ -71,6 +71,8 @@ class RunControl:
             worker.quit()
             worker.join(_JOIN_S)
         disconnect_all(self._session_slots)
+        with contextlib.suppress(ValueError):
+            self.layers_view.work.on_idle.remove(self._maybe_settled)
         self.layers_view.detach()  # the viewer goes: no layer work on it any more
         self.session.close()  # its slides are closed
         with contextlib.suppress(AttributeError, RuntimeError, ValueError):
@@ -130,8 +132,9 @@ class RunControl:
 
     @property
     def is_busy(self) -> bool:
-        """A run is alive or its layers are still being added."""
-        return self.worker is not None or bool(self._ui_queue) or self._partial_scheduled
+        """A run is alive or layers are still being added or removed."""
+        return (self.worker is not None or bool(self._ui_queue) or self._partial_scheduled
+                or self.layers_view.work.busy)
 
     def viewport_xywh(self, slide) -> tuple[int, int, int, int] | None:
         """The visible part of the slide in level-0 px (x, y, w, h), or None if unknown."""
@@ -165,7 +168,10 @@ class RunControl:
 
     def run(self) -> bool:
         """Start the analysis of the chosen slide with the loaded model (returns at once)."""
-        if self.is_busy or self._closed:
+        if self._closed:
+            return False
+        self.layers_view.work.flush()  # layer removals still due: done before new layers
+        if self.is_busy:
             return False
         s = self.session
         if s.active_model is None:

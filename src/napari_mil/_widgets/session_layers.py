@@ -17,6 +17,7 @@ from typing import Any
 from ..session import ResultKey, ReviewSession, layer_name
 from .label_declutter import LabelDeclutter
 from .layer_sync import (
+    LayerWorkQueue,
     collect_young_on_removal,
     find_layer,
     keep_selection,
@@ -74,6 +75,10 @@ class SessionLayers:
         self.session = session if session is not None else ReviewSession()
         collect_young_on_removal()  # removing a layer must not freeze the viewer
         self._hidden: dict[str, set[str]] = {}  # slide id -> its layers hidden while inactive
+        # removals and difference layers, one piece per event-loop turn (see LayerWorkQueue);
+        # flushed before a result's layers are written (a name may come back)
+        self.work = LayerWorkQueue()
+        self._difference_due: set[str] = set()
         s = self.session
         self._slots = connect_all([
             (s.slide_added, self._on_slide_added), (s.slide_removed, self._on_slide_removed),
@@ -99,6 +104,7 @@ class SessionLayers:
 
     def detach(self) -> None:
         disconnect_all(self._slots)
+        self.work.clear()
         self.labels.close()
 
     # ------------------------------------------------------------------ display settings
@@ -207,8 +213,21 @@ class SessionLayers:
         return None
 
     def _on_slide_removed(self, sid: str) -> None:
+        # at once: the slide's file is closed, its image layer must not read from it again
+        self.work.flush()
         remove_layers(self.viewer, [lyr.name for lyr in self.layers_of(sid)])
         self._hidden.pop(sid, None)
+
+    def _remove_in_slices(self, names: list[str], per_turn: int = 2) -> None:
+        """Hide the layers now (they leave the screen at once), remove them a few per
+        event-loop turn (each removal costs napari tens of ms)."""
+        layers = [lyr for lyr in (find_layer(self.viewer, n) for n in names) if lyr is not None]
+        for layer in layers:
+            layer.visible = False
+        for i in range(0, len(layers), per_turn):
+            chunk = layers[i:i + per_turn]
+            self.work.put(lambda chunk=chunk: remove_layers(
+                self.viewer, [lyr.name for lyr in chunk if lyr in self.viewer.layers]))
 
     def _on_active_slide(self, sid: str | None) -> None:
         for other in {slide_of(lyr) for lyr in self.viewer.layers} - {None, sid}:
@@ -238,6 +257,7 @@ class SessionLayers:
         return tuples
 
     def _on_result_added(self, key: ResultKey, result) -> None:
+        self.work.flush()  # removals still due first: the result may reuse their names
         self._write_result(key, result, hide_others=True)
 
     def _write_result(self, key: ResultKey, result, *, hide_others: bool) -> None:
@@ -264,7 +284,20 @@ class SessionLayers:
                 if other is not None and other != key and layer.metadata.get("kind") in (
                         "instance scores", "attention", "top-k") and layer.visible:
                     layer.visible = False
-        self._update_difference(key.slide)
+        self._difference_soon(key.slide)
+
+    def _difference_soon(self, sid: str) -> None:
+        """The slide's difference layer, updated in an event-loop turn of its own."""
+        if sid in self._difference_due:
+            return
+        self._difference_due.add(sid)
+
+        def update() -> None:
+            self._difference_due.discard(sid)
+            if sid in self.session.slides:
+                self._update_difference(sid)
+
+        self.work.put(update)
 
     @staticmethod
     def _is_placeholder_of(layer, key: ResultKey) -> bool:
@@ -275,13 +308,12 @@ class SessionLayers:
         names = [lyr.name for lyr in self.layers_of(key.slide, key)]
         left = (list(self.session.results_of(key.slide)) if key.slide in self.session.slides
                 else [])
-        if len(left) < 2:  # no difference any more: its layer goes in the same batch (one
-            # scene-graph clean-up and one of napari's gc.collect instead of two)
+        if len(left) < 2:  # no difference any more: its layer goes too
             names += [lyr.name for lyr in self.layers_of(key.slide)
                       if lyr.metadata.get("kind") == "difference"]
-        remove_layers(self.viewer, names)
+        self._remove_in_slices(names)
         if len(left) >= 2:
-            self._update_difference(key.slide)
+            self._difference_soon(key.slide)
 
     def _update_difference(self, sid: str) -> None:
         """A difference layer of the slide's two latest results (none with fewer than two)."""
