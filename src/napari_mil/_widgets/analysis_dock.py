@@ -112,16 +112,26 @@ class AnalysisDock(SessionBinding, RunControl, QWidget):
 
         overlay(self.viewer, "scale_bar").visible = True  # µm: every layer carries units
         from .layer_sync import warm_canvas, warm_first_use
+        from .run_control import import_model_code
 
         # napari's first-use costs at start-up, not on the first load, run or agreement
         QTimer.singleShot(0, warm_first_use)
-        self.starting_up = True  # until warm_canvas's throwaway layers are gone again
+        self.starting_up = True  # until the throwaway layers are gone and the imports done
+        pending = {"canvas", "imports"}
 
-        def started() -> None:
-            self.starting_up = False
+        def started(part: str) -> None:
+            pending.discard(part)
+            self.starting_up = bool(pending)
 
-        QTimer.singleShot(0, lambda: started() if self._closed
-                          else warm_canvas(self.viewer, on_done=started))
+        QTimer.singleShot(0, lambda: started("canvas") if self._closed
+                          else warm_canvas(self.viewer, on_done=lambda: started("canvas")))
+        from napari.qt.threading import create_worker
+
+        # torch and the model code, imported while the window comes up: an import holds
+        # Python's lock for long stretches, which would freeze the viewer at the first load
+        self._import_worker = create_worker(import_model_code, _ignore_errors=True)
+        self._import_worker.finished.connect(lambda: started("imports"))
+        self._import_worker.start()
 
     # ------------------------------------------------------------------ UI
     def _build(self) -> None:

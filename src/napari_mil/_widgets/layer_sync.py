@@ -12,7 +12,7 @@ import numpy as np
 __all__ = ["is_layer_type", "upsert_layer", "upsert_layers", "remove_layers", "find_layer",
            "write_layer", "add_missing_layers", "is_placeholder", "freeze_long_lived",
            "warm_first_use", "warm_canvas", "keep_selection", "collect_young_on_removal",
-           "LayerWorkQueue"]
+           "LayerWorkQueue", "make_layer", "add_made_layer"]
 
 _UPDATABLE = ("scale", "translate", "colormap", "contrast_limits", "metadata", "features",
               "edge_color", "text")
@@ -324,6 +324,22 @@ def add_missing_layers(viewer, tuples: Iterable[tuple]) -> list[str]:
     return added
 
 
+def make_layer(data, kwargs: dict, layer_type: str):
+    """A napari layer from a layer-data tuple, not yet in any viewer (see add_made_layer)."""
+    from napari.layers import Layer
+
+    return Layer.create(data, dict(kwargs), layer_type)
+
+
+def add_made_layer(viewer, layer) -> bool:
+    """Add a layer made by :func:`make_layer` unless one of its name is there by now."""
+    if find_layer(viewer, layer.name) is not None:
+        return False
+    with keep_selection(viewer):
+        viewer.add_layer(layer)
+    return True
+
+
 def _claim_placeholder(viewer, kwargs: dict, layer_type: str):
     """An unused placeholder of the same kind, scale and slide, renamed to ``kwargs['name']``."""
     meta = kwargs.get("metadata", {})
@@ -345,9 +361,14 @@ def _write_image(layer, data, kwargs: dict, thumbnail: bool) -> None:
             setattr(layer, key, kwargs[key])
     old = layer.data
     data = np.asarray(data)
+    changed = True
     if (isinstance(old, np.ndarray) and old.shape == data.shape and old.dtype == data.dtype
             and old.flags.writeable):
-        np.copyto(old, data)  # same texture size: no re-layout of the viewer, only a refresh
+        # same texture size: no re-layout of the viewer, only a refresh (none when the values
+        # are there already, e.g. a run's result written before it reaches the session)
+        changed = old is not data and not np.array_equal(old, data, equal_nan=True)
+        if changed:
+            np.copyto(old, data)
         swapped = False
     else:
         layer.data = data
@@ -360,7 +381,7 @@ def _write_image(layer, data, kwargs: dict, thumbnail: bool) -> None:
         layer.contrast_limits = limits
     if "metadata" in kwargs:
         layer.metadata = kwargs["metadata"]
-    if not swapped:
+    if not swapped and changed:
         layer.refresh(thumbnail=thumbnail)
 
 

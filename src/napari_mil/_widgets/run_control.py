@@ -20,11 +20,18 @@ from qtpy.QtCore import QEvent, QObject, QTimer
 from ..errors import NapariMilError
 from .display import fmt_eta
 from .evidence import camera_of
-from .layer_sync import add_missing_layers, is_placeholder, remove_layers, write_layer
+from .layer_sync import (
+    add_made_layer,
+    add_missing_layers,
+    is_placeholder,
+    make_layer,
+    remove_layers,
+    write_layer,
+)
 from .run_payload import PayloadBuilder, RunOutcome, RunUpdate
 from .session_layers import disconnect_all
 
-__all__ = ["RunControl"]
+__all__ = ["RunControl", "import_model_code", "warm_extractor"]
 
 _PARTIAL_EVERY_S = 0.5
 _UI_EVERY_S = 0.25  # progress read-out refresh (each repaint of a widget recomposes the window)
@@ -116,8 +123,12 @@ class RunControl:
         names = {kw["name"] for _d, kw, _k in tuples}
         if any(is_placeholder(lyr) and lyr.name not in names for lyr in self.viewer.layers):
             self._stage(lambda: self.drop_placeholders(keep=names))
-        for t in tuples:
-            self._stage(lambda t=t: add_missing_layers(self.viewer, [t]))
+        for data, kwargs, kind in tuples:  # made in one turn, added in the next
+            made: dict = {}
+            self._stage(lambda d=data, kw=kwargs, k=kind, m=made: m.update(
+                layer=None if kw["name"] in self.viewer.layers else make_layer(d, kw, k)))
+            self._stage(lambda m=made: m.get("layer") is not None
+                        and add_made_layer(self.viewer, m["layer"]))
 
     def drop_placeholders(self, keep=frozenset()) -> None:
         """Remove empty layers no run is going to fill (the model or slide changed)."""
@@ -213,6 +224,8 @@ class RunControl:
         builder = PayloadBuilder(self._run_info, normalisation=self.normalisation,
                                  colormap=self.colormap, top_k=self.gallery.k_spin.value(),
                                  slide=slide)
+        layers_view = self.layers_view  # the result's layers are built in the worker
+        builder.final_layers = lambda result: layers_view.prepare_result(key, result)
         self.progress_log = []
         self.run_warnings = []
         self.first_partial_s = None
@@ -361,6 +374,11 @@ class RunControl:
             self._stage(lambda: self.session.set_tissue(key.slide, outcome.tissue,
                                                         slide_hash=result.slide_hash,
                                                         model=key.model))
+        if key.slide == self.session.active_slide:
+            # the result's values into their layers one per event-loop turn; committing it
+            # then finds them written (SessionLayers takes the tuples built in the worker)
+            for t in outcome.layers:
+                self._stage(lambda t=t: self._pre_write(t))
         partial_names = set(self._run_layers)
         self._stage(lambda: self._commit(key, result, outcome, partial_names))
         self._run_layers = set()
@@ -369,6 +387,11 @@ class RunControl:
         self.status_label.setText(
             f"Done: {sum(len(s) for s in result.scales.values())} tiles "
             f"in {result.elapsed_s:.1f} s.{warned}")
+
+    def _pre_write(self, layer_tuple) -> None:
+        data, kwargs, kind = layer_tuple  # the final values: the thumbnail too
+        layer = write_layer(self.viewer, data, kwargs, kind)
+        self._run_layers.add(layer.name)
 
     def _commit(self, key, result, outcome, partial_names: set[str] = frozenset()) -> None:
         """The run's result into the session (main thread): its layers, the agreement dock
@@ -459,6 +482,16 @@ class _CloseFilter(QObject):
             if on_close is not None:
                 on_close()
         return False
+
+
+def import_model_code() -> None:
+    """Import torch and the model, checkpoint and inference code (in a worker at start-up)."""
+    with contextlib.suppress(ImportError):  # a set-up without torch: loading says so later
+        import torch  # noqa: F401
+
+        from ..features import extract  # noqa: F401
+        from ..inference import run  # noqa: F401
+        from ..models import checkpoint, registry  # noqa: F401
 
 
 def warm_extractor(model, device: str):

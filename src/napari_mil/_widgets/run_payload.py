@@ -47,6 +47,9 @@ class PayloadBuilder:
         self.top_k = int(top_k)
         self.slide = slide
         self._tissue = None
+        # (result) -> the result's layer tuples as the viewer will show them, built here in
+        # the worker so the main thread only writes them (set by the dock; None: not built)
+        self.final_layers = None
 
     def partial(self, progress) -> RunUpdate:
         from ..layers import instance_score_layer_data
@@ -71,6 +74,9 @@ class PayloadBuilder:
         from .evidence import TileLookup, read_tile
 
         layers = ()  # the session's layer view draws the result and the tissue (SessionLayers)
+        if self.final_layers is not None:
+            with contextlib.suppress(Exception):  # the layer view builds them itself then
+                layers = tuple(self.final_layers(result))
         thumbs: dict[int, np.ndarray] = {}
         if self.slide is not None and result.scales and self.top_k:
             sm = result.finest_scale

@@ -79,6 +79,7 @@ class SessionLayers:
         # flushed before a result's layers are written (a name may come back)
         self.work = LayerWorkQueue()
         self._difference_due: set[str] = set()
+        self._prepared = None  # (key, result, display, tuples) of prepare_result
         s = self.session
         self._slots = connect_all([
             (s.slide_added, self._on_slide_added), (s.slide_removed, self._on_slide_removed),
@@ -241,11 +242,12 @@ class SessionLayers:
                 layer.visible = True
 
     # ------------------------------------------------------------------ results
-    def result_tuples(self, key: ResultKey, result) -> list[tuple]:
+    def result_tuples(self, key: ResultKey, result, *, display: dict | None = None
+                      ) -> list[tuple]:
         """The result's value, top-k and zoomed layers, named and tagged for ``key``."""
         from ..layers import result_layer_data
 
-        d = self.display
+        d = self.display if display is None else display
         named = replace(result, slide_name=f"{key.slide} · {key.model}")
         tuples = result_layer_data(named, normalisation=d["normalisation"],
                                    colormap=d["colormap"], top_k=int(d["top_k"]))
@@ -256,12 +258,29 @@ class SessionLayers:
             _um(kwargs)
         return tuples
 
+    def prepare_result(self, key: ResultKey, result) -> list[tuple]:
+        """The layer tuples of ``result`` (any thread: a run's worker calls it), kept for the
+        moment it is added to the session under ``key``, which then does not build them
+        again."""
+        display = dict(self.display)
+        tuples = self.result_tuples(key, result, display=display)
+        self._prepared = (key, result, display, tuples)
+        return tuples
+
+    def _tuples_for(self, key: ResultKey, result) -> list[tuple]:
+        prepared, self._prepared = self._prepared, None
+        if prepared is not None:
+            pkey, presult, display, tuples = prepared
+            if pkey == key and presult is result and display == self.display:
+                return tuples
+        return self.result_tuples(key, result)
+
     def _on_result_added(self, key: ResultKey, result) -> None:
         self.work.flush()  # removals still due first: the result may reuse their names
         self._write_result(key, result, hide_others=True)
 
     def _write_result(self, key: ResultKey, result, *, hide_others: bool) -> None:
-        tuples = self.result_tuples(key, result)
+        tuples = self._tuples_for(key, result)
         names = {kw["name"] for _d, kw, _k in tuples}
         active = key.slide == self.session.active_slide
         for data, kwargs, kind in tuples:
