@@ -110,7 +110,8 @@ def test_open_run_two_models_compare_export_save_reload(make_napari_viewer, qtbo
     viewer2 = make_napari_viewer(show=True)
     analysis2, annotations2 = _docks(viewer2)
     assert analysis2.open_session(saved)
-    qtbot.waitUntil(lambda: len(annotations2.rows) == len(rows), timeout=60_000)
+    qtbot.waitUntil(lambda: len(annotations2.rows) == len(rows)
+                    and not annotations2.is_busy, timeout=60_000)
     assert _review_layers(viewer2) == before_layers
     after = _numbers(annotations2.rows)
     assert after.keys() == before_numbers.keys()

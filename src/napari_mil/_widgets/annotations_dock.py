@@ -101,6 +101,7 @@ class AnnotationsDock(ExportActions, QWidget):
         # the disagreement layer is written in an event-loop turn of its own (adding a layer
         # is napari's costliest step: not in the same turn as the table and the read-out)
         self._disagreement_row = None
+        self._made_disagreement = None  # made, to be added in the next turn
         self._disagreement_timer = QTimer(self)
         self._disagreement_timer.setSingleShot(True)
         self._disagreement_timer.setInterval(0)
@@ -426,7 +427,7 @@ class AnnotationsDock(ExportActions, QWidget):
     def is_busy(self) -> bool:
         """Agreement, its curves or its disagreement layer are still on the way."""
         return (bool(self._workers) or self._timer.isActive() or self.curves.is_busy
-                or self._disagreement_timer.isActive())
+                or self._disagreement_timer.isActive() or self.layers_view.work.busy)
 
     def _show(self, rows: list, message: str = "") -> None:
         previous = self.selected_row()
@@ -491,42 +492,63 @@ class AnnotationsDock(ExportActions, QWidget):
         self.curves.show_report(rep)
 
     def _update_disagreement(self, row) -> None:
-        """One disagreement layer per slide: the selected row's, replaced when it changes."""
+        """One disagreement layer per slide: the selected row's, replaced when it changes.
+
+        An image of the codes (NaN where map and annotations agree, transparent) in a
+        two-colour map: napari adds an image layer in a third of the time of a labels layer.
+        """
         from ..export.heatmap import rasterize_tile_values
         from ..session import layer_name
-        from .layer_sync import remove_layers, write_layer
+        from .layer_sync import add_made_layer, find_layer, make_layer, remove_layers, write_layer
 
         sid = self.session.active_slide
         codes = self.session.disagreement(sid, row).astype(np.float64)
         tv = row.tile_map
         raster, d = rasterize_tile_values(tv.with_values(codes))
-        labels = np.nan_to_num(raster, nan=0).astype(np.uint8)
+        shown = np.where(raster > 0, raster, np.nan).astype(np.float32)
         name = layer_name(sid, row.model, f"disagreement {tv.name}", tv.scale)
-        remove_layers(self.viewer, [lyr.name for lyr in self.viewer.layers
-                                    if lyr.metadata.get("kind") == "disagreement"
-                                    and slide_of(lyr) == sid and lyr.name != name])
+        old = [lyr.name for lyr in self.viewer.layers if lyr.metadata.get("kind") ==
+               "disagreement" and slide_of(lyr) == sid and lyr.name != name]
+        if old:  # in a turn of its own, like the adding below
+            self.layers_view.work.put(lambda: remove_layers(self.viewer, old))
         mpp = tv.mpp or 1.0
         kwargs = {
             "name": name, "scale": (d * mpp, d * mpp), "units": ("um", "um"),
             "translate": ((d - 1) / 2 * mpp, (d - 1) / 2 * mpp), "opacity": 0.7,
+            "colormap": disagreement_colormap(), "contrast_limits": (1.0, 2.0),
+            "interpolation2d": "nearest", "blending": "translucent",
             "metadata": {"napari_mil": True, "kind": "disagreement", "session_slide": sid,
                          "session_key": [sid, row.model], "legend": DISAGREEMENT_LEGEND,
                          "threshold": row.report.threshold,
                          "meaning": "tiles where the map and the annotations disagree"},
         }
-        from .layer_sync import find_layer
+        if find_layer(self.viewer, name) is not None:
+            write_layer(self.viewer, shown, kwargs, "image")
+            return
+        made = self._made_disagreement
+        if made is not None and made.name == name:  # made, not added yet: its new values
+            made.data = shown
+            made.metadata = kwargs["metadata"]
+            return
+        # made now, added in the next event-loop turn (adding is napari's costly step)
+        self._made_disagreement = made = make_layer(shown, kwargs, "image")
 
-        layer = find_layer(self.viewer, name)
-        if layer is None:
-            from napari.utils.colormaps import DirectLabelColormap
+        def add() -> None:
+            self._made_disagreement = None
+            add_made_layer(self.viewer, made)
 
-            kwargs["colormap"] = DirectLabelColormap(color_dict=DISAGREEMENT_COLORS)
-            selected = self.viewer.layers.selection.active
-            self.viewer.add_labels(labels, **kwargs)
-            if selected is not None and selected in self.viewer.layers:
-                self.viewer.layers.selection.active = selected  # the user's choice stays
-        else:
-            write_layer(self.viewer, labels, kwargs, "labels")
+        self.layers_view.work.put(add)
+
+
+def disagreement_colormap():
+    """Code 1 (high value outside the annotations) and 2 (annotated, value low) in their
+    legend colours; contrast limits (1, 2)."""
+    from napari.utils.colormaps import Colormap
+
+    return Colormap(colors=[DISAGREEMENT_COLORS[1], DISAGREEMENT_COLORS[2]],
+                    controls=[0.0, 0.5, 1.0], interpolation="zero",
+                    name="napari-mil disagreement")
+
 
 def _legend_html() -> str:
     def swatch(rgba) -> str:

@@ -12,7 +12,7 @@ import numpy as np
 __all__ = ["is_layer_type", "upsert_layer", "upsert_layers", "remove_layers", "find_layer",
            "write_layer", "add_missing_layers", "is_placeholder", "freeze_long_lived",
            "warm_first_use", "warm_canvas", "keep_selection", "collect_young_on_removal",
-           "LayerWorkQueue", "make_layer", "add_made_layer"]
+           "LayerWorkQueue", "make_layer", "add_made_layer", "has_placeholder_for"]
 
 _UPDATABLE = ("scale", "translate", "colormap", "contrast_limits", "metadata", "features",
               "edge_color", "text")
@@ -253,7 +253,13 @@ def warm_first_use() -> None:
     reach a viewer, instead of on the first checkpoint load or run."""
     import numpy as np
     from napari.layers import Image, Points, Shapes
+    from napari.utils.colormaps import ensure_colormap
 
+    from .annotations_dock import disagreement_colormap
+    from .session_layers import DIFFERENCE_COLORMAP
+
+    for cmap in (disagreement_colormap(), DIFFERENCE_COLORMAP, "inferno", "viridis"):
+        ensure_colormap(cmap)  # registered (and its icon made) now, not at its first layer
     box = np.array([[0.0, 0.0], [0.0, 1.0], [1.0, 1.0], [1.0, 0.0]])
     text = {"string": "{label}", "size": 8, "color": "white"}
     Shapes([box], shape_type="rectangle", features={"label": ["1"]}, text=text, units="um")
@@ -340,8 +346,8 @@ def add_made_layer(viewer, layer) -> bool:
     return True
 
 
-def _claim_placeholder(viewer, kwargs: dict, layer_type: str):
-    """An unused placeholder of the same kind, scale and slide, renamed to ``kwargs['name']``."""
+def _placeholder_for(viewer, kwargs: dict, layer_type: str):
+    """An unused placeholder of the same kind, scale and slide as ``kwargs`` describe."""
     meta = kwargs.get("metadata", {})
     kind = str(meta.get("kind", "")).split(" (")[0]
     slide = meta.get("slide_name")
@@ -350,9 +356,21 @@ def _claim_placeholder(viewer, kwargs: dict, layer_type: str):
         if (is_placeholder(layer) and is_layer_type(layer, layer_type) and m.get("kind") == kind
                 and m.get("scale") == meta.get("scale")
                 and str(layer.name).startswith(f"{slide} · ")):
-            layer.name = kwargs["name"]
             return layer
     return None
+
+
+def has_placeholder_for(viewer, kwargs: dict, layer_type: str) -> bool:
+    """:func:`write_layer` would take over an empty layer for ``kwargs`` (no new layer)."""
+    return _placeholder_for(viewer, kwargs, layer_type) is not None
+
+
+def _claim_placeholder(viewer, kwargs: dict, layer_type: str):
+    """An unused placeholder of the same kind, scale and slide, renamed to ``kwargs['name']``."""
+    layer = _placeholder_for(viewer, kwargs, layer_type)
+    if layer is not None:
+        layer.name = kwargs["name"]
+    return layer
 
 
 def _write_image(layer, data, kwargs: dict, thumbnail: bool) -> None:
@@ -374,7 +392,7 @@ def _write_image(layer, data, kwargs: dict, thumbnail: bool) -> None:
         layer.data = data
         swapped = True
     cmap = kwargs.get("colormap")
-    if cmap is not None and getattr(layer.colormap, "name", None) != cmap:
+    if cmap is not None and getattr(layer.colormap, "name", None) != getattr(cmap, "name", cmap):
         layer.colormap = cmap
     limits = kwargs.get("contrast_limits")
     if limits is not None and tuple(layer.contrast_limits) != tuple(float(v) for v in limits):

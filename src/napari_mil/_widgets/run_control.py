@@ -23,6 +23,8 @@ from .evidence import camera_of
 from .layer_sync import (
     add_made_layer,
     add_missing_layers,
+    find_layer,
+    has_placeholder_for,
     is_placeholder,
     make_layer,
     remove_layers,
@@ -353,9 +355,21 @@ class RunControl:
         if not tuples or self.worker is None:
             return
         self._last_partial = time.perf_counter()
-        for data, kwargs, kind in tuples:
-            layer = write_layer(self.viewer, data, kwargs, kind, thumbnail=False)
-            self._run_layers.add(layer.name)
+        for t in tuples:  # one layer per event-loop turn
+            self._stage(lambda t=t: self._write_partial(t))
+
+    def _write_partial(self, layer_tuple) -> None:
+        if self.worker is None:  # the run ended meanwhile: its result follows
+            return
+        data, kwargs, kind = layer_tuple
+        if find_layer(self.viewer, kwargs["name"]) is None and not has_placeholder_for(
+                self.viewer, kwargs, kind):
+            made = make_layer(data, kwargs, kind)  # made now, added in the next turn
+            self._run_layers.add(made.name)
+            self._stage(lambda: self.worker is not None and add_made_layer(self.viewer, made))
+            return
+        layer = write_layer(self.viewer, data, kwargs, kind, thumbnail=False)
+        self._run_layers.add(layer.name)
         if self.first_partial_s is None:
             self.first_partial_s = time.perf_counter() - self._t_run0
 

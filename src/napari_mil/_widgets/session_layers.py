@@ -219,7 +219,7 @@ class SessionLayers:
         remove_layers(self.viewer, [lyr.name for lyr in self.layers_of(sid)])
         self._hidden.pop(sid, None)
 
-    def _remove_in_slices(self, names: list[str], per_turn: int = 2) -> None:
+    def _remove_in_slices(self, names: list[str], per_turn: int = 1) -> None:
         """Hide the layers now (they leave the screen at once), remove them a few per
         event-loop turn (each removal costs napari tens of ms)."""
         layers = [lyr for lyr in (find_layer(self.viewer, n) for n in names) if lyr is not None]
