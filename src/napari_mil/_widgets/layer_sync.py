@@ -235,6 +235,17 @@ def remove_layers(viewer, names: Iterable[str]) -> None:
     with batch() if batch is not None else contextlib.nullcontext():
         for layer in layers:
             viewer.layers.remove(layer)
+    _delete_now()
+
+
+def _delete_now() -> None:
+    """Delete the Qt widgets napari left for deletion (a removed layer's controls) now, in
+    this event-loop turn: left to the loop, the deletions of several removals pile up into
+    one long stall a few turns later."""
+    with contextlib.suppress(Exception):  # no Qt application: nothing was left
+        from qtpy.QtCore import QCoreApplication, QEvent
+
+        QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
 
 
 def freeze_long_lived() -> None:
