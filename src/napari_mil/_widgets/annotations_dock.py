@@ -171,14 +171,12 @@ class AnnotationsDock(ExportActions, QWidget):
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.verticalHeader().setVisible(False)
-        # the metrics keep their width; the model and map names give way (elided, the full
-        # name in the tooltip), so every metric column is in view on a 1366×768 screen
+        # the model and the metrics keep their width; the map's name gives way (elided, the
+        # full name in the tooltip), so every metric column is in view on a 1366×768 screen
         header = self.table.horizontalHeader()
         header.setMinimumSectionSize(36)
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Interactive)
         header.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
-        self.table.setColumnWidth(0, 96)
         self.table.setTextElideMode(Qt.TextElideMode.ElideMiddle)
         self.table.setMinimumHeight(120)
         self.table.itemSelectionChanged.connect(self._row_selected)

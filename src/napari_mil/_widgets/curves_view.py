@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 
 import numpy as np
-from qtpy.QtCore import Qt, QTimer
+from qtpy.QtCore import QSize, Qt, QTimer
 from qtpy.QtGui import QImage, QPixmap
 from qtpy.QtWidgets import QLabel, QSizePolicy
 
@@ -26,7 +26,7 @@ class CurvesView(QLabel):
         super().__init__(parent)
         self.setMinimumHeight(_HEIGHT_PX)
         self.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
         self.setToolTip("ROC: true- against false-positive rate of the tile map against the "
                         "annotations; PR: precision against recall. Both over every threshold.")
         self._report = None
@@ -55,6 +55,7 @@ class CurvesView(QLabel):
         self._generation += 1
         rep = self._report
         if rep is None:
+            self._picture = None
             self.clear()
             return
         from napari.qt.threading import create_worker
@@ -91,12 +92,31 @@ class CurvesView(QLabel):
         h, w = rgba.shape[:2]
         image = QImage(np.ascontiguousarray(rgba).data, w, h, 4 * w,
                        QImage.Format.Format_RGBA8888).copy()
-        pixmap = QPixmap.fromImage(image)
-        pixmap.setDevicePixelRatio(ratio)
-        self.setPixmap(pixmap)
+        self._picture = QPixmap.fromImage(image)
+        self._picture.setDevicePixelRatio(ratio)
         self._drawn_width = width
+        self._fit()
+
+    def _fit(self) -> None:
+        """Show the picture at the label's width (scaled until the redraw at this width)."""
+        picture = getattr(self, "_picture", None)
+        if picture is None:
+            return
+        ratio = picture.devicePixelRatio()
+        target = int(self.width() * ratio)
+        if abs(picture.width() - target) > 1 and target > 0:
+            picture = picture.scaledToWidth(target, Qt.TransformationMode.SmoothTransformation)
+            picture.setDevicePixelRatio(ratio)
+        self.setPixmap(picture)
+
+    def sizeHint(self) -> QSize:  # noqa: N802 - Qt's name; the picture never widens the dock
+        return QSize(320, _HEIGHT_PX)
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802
+        return QSize(120, _HEIGHT_PX)
 
     def resizeEvent(self, event) -> None:  # noqa: N802 - Qt's name
         super().resizeEvent(event)
+        self._fit()
         if self._report is not None and abs(self.width() - self._drawn_width) > 24:
             self._resize_timer.start()

@@ -116,10 +116,11 @@ def upsert_layers(viewer, tuples: Iterable[tuple]) -> list:
 def keep_selection(viewer):
     """Add layers without selecting them: napari makes each inserted layer the only selected
     one (its controls swap in, the buttons restyle), which costs time on every addition and
-    takes the selection from what the user was working on (e.g. the shapes being drawn)."""
+    takes the selection from what the user was working on (e.g. the shapes being drawn).
+    With nothing selected yet, napari selects the new layer as usual (its controls show)."""
     layers = viewer.layers
     before = getattr(layers, "_activate_on_insert", None)
-    if before is None:
+    if before is None or not layers.selection:  # nothing chosen yet: napari's own choice
         yield
         return
     layers._activate_on_insert = False

@@ -416,6 +416,7 @@ class RunControl:
         except NapariMilError as exc:  # the slide was closed or changed meanwhile
             self.notify_error(exc)
             return
+        self._set_bar(1, 1)  # the run's result is in: the bar is full (not left at 0 %)
         remove_layers(self.viewer, [n for n in partial_names if n in self.viewer.layers
                                     and self.viewer.layers[n].metadata.get("partial")])
         # empty layers made ahead of the run that its result has nothing for (e.g. tissue)
