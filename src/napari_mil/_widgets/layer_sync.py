@@ -12,7 +12,8 @@ import numpy as np
 __all__ = ["is_layer_type", "upsert_layer", "upsert_layers", "remove_layers", "find_layer",
            "write_layer", "add_missing_layers", "is_placeholder", "freeze_long_lived",
            "warm_first_use", "warm_canvas", "keep_selection", "collect_young_on_removal",
-           "LayerWorkQueue", "make_layer", "add_made_layer", "has_placeholder_for"]
+           "LayerWorkQueue", "make_layer", "add_made_layer", "has_placeholder_for",
+           "reserve_qt_pool_threads"]
 
 _UPDATABLE = ("scale", "translate", "colormap", "contrast_limits", "metadata", "features",
               "edge_color", "text")
@@ -144,6 +145,23 @@ class _YoungCollector:
         import gc
 
         return gc.collect(min(generation, 1))
+
+
+#: threads of Qt's global pool: the review's workers (napari's create_worker) run Python there,
+#: and Qt converts large images (e.g. the window's backing store) in the same pool while the
+#: main thread waits holding Python's lock — with every thread taken by a worker that waits
+#: for that lock, the viewer would deadlock (2 threads on a 2-core machine)
+QT_POOL_THREADS = 16
+
+
+def reserve_qt_pool_threads(n: int = QT_POOL_THREADS) -> int:
+    """Give Qt's global thread pool room for its own work beside the review's workers."""
+    from qtpy.QtCore import QThreadPool
+
+    pool = QThreadPool.globalInstance()
+    if pool.maxThreadCount() < n:
+        pool.setMaxThreadCount(n)
+    return pool.maxThreadCount()
 
 
 def collect_young_on_removal() -> bool:

@@ -22,6 +22,7 @@ from .layer_sync import (
     find_layer,
     keep_selection,
     remove_layers,
+    reserve_qt_pool_threads,
     write_layer,
 )
 
@@ -74,6 +75,7 @@ class SessionLayers:
         self.viewer = viewer
         self.session = session if session is not None else ReviewSession()
         collect_young_on_removal()  # removing a layer must not freeze the viewer
+        reserve_qt_pool_threads()  # workers must not starve Qt's own image conversions
         self._hidden: dict[str, set[str]] = {}  # slide id -> its layers hidden while inactive
         # removals and difference layers, one piece per event-loop turn (see LayerWorkQueue);
         # flushed before a result's layers are written (a name may come back)
