@@ -111,7 +111,7 @@ class AnalysisDock(SessionBinding, RunControl, QWidget):
         from .view_app import overlay
 
         overlay(self.viewer, "scale_bar").visible = True  # µm: every layer carries units
-        from .layer_sync import warm_canvas, warm_first_use
+        from .layer_sync import freeze_long_lived, warm_canvas, warm_first_use
         from .run_control import import_model_code
 
         # napari's first-use costs at start-up, not on the first load, run or agreement
@@ -122,6 +122,8 @@ class AnalysisDock(SessionBinding, RunControl, QWidget):
         def started(part: str) -> None:
             pending.discard(part)
             self.starting_up = bool(pending)
+            if not self.starting_up:
+                freeze_long_lived()  # napari, torch and the docks: no full collection walks them
 
         QTimer.singleShot(0, lambda: started("canvas") if self._closed
                           else warm_canvas(self.viewer, on_done=lambda: started("canvas")))

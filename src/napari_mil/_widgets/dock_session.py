@@ -109,6 +109,7 @@ class SessionBinding:
             return None
         entry = self.session.add_slide(slide, mpp_override=mpp)
         self.session.set_active_slide(entry)
+        freeze_long_lived()  # the slide and its layer stay: no full collection walks them
         return entry
 
     def _open_slide_dialog(self) -> None:

@@ -13,7 +13,7 @@ __all__ = ["is_layer_type", "upsert_layer", "upsert_layers", "remove_layers", "f
            "write_layer", "add_missing_layers", "is_placeholder", "freeze_long_lived",
            "warm_first_use", "warm_canvas", "keep_selection", "collect_young_on_removal",
            "LayerWorkQueue", "make_layer", "add_made_layer", "has_placeholder_for",
-           "reserve_qt_pool_threads"]
+           "reserve_qt_pool_threads", "reclaim_frozen"]
 
 _UPDATABLE = ("scale", "translate", "colormap", "contrast_limits", "metadata", "features",
               "edge_color", "text")
@@ -268,12 +268,26 @@ def _delete_now() -> None:
 
 
 def freeze_long_lived() -> None:
-    """Move every object alive now (napari, torch, a loaded model, an open slide) out of the
-    garbage collector's reach: napari's ``gc.collect()`` on each layer removal then scans only
-    what came after, instead of stalling the viewer for seconds."""
+    """Move every object alive now (napari, torch, a loaded model, an open slide, a shown
+    result) out of the garbage collector's reach: Python's automatic full collections then
+    scan only what came after — 200 ms or more of frozen viewer otherwise, at random moments.
+
+    Called when the review reaches a resting point (start-up done, a slide open, a model
+    loaded, a run's result in). Objects frozen are still freed by reference counting; cycles
+    among them wait for :func:`reclaim_frozen` (closing a slide)."""
     import gc
 
     gc.freeze()  # no collection first: that alone would stall the viewer
+
+
+def reclaim_frozen() -> None:
+    """Collect what the freezes kept (e.g. the layers of forgotten models) and freeze the
+    survivors again: one full collection, at a moment the person waits anyway."""
+    import gc
+
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 

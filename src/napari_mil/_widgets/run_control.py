@@ -24,6 +24,7 @@ from .layer_sync import (
     add_made_layer,
     add_missing_layers,
     find_layer,
+    freeze_long_lived,
     has_placeholder_for,
     is_placeholder,
     make_layer,
@@ -417,6 +418,7 @@ class RunControl:
             self.notify_error(exc)
             return
         self._set_bar(1, 1)  # the run's result is in: the bar is full (not left at 0 %)
+        freeze_long_lived()  # the result and its layers stay: no full collection walks them
         remove_layers(self.viewer, [n for n in partial_names if n in self.viewer.layers
                                     and self.viewer.layers[n].metadata.get("partial")])
         # empty layers made ahead of the run that its result has nothing for (e.g. tissue)

@@ -21,6 +21,7 @@ from .layer_sync import (
     collect_young_on_removal,
     find_layer,
     keep_selection,
+    reclaim_frozen,
     remove_layers,
     reserve_qt_pool_threads,
     write_layer,
@@ -220,6 +221,7 @@ class SessionLayers:
         self.work.flush()
         remove_layers(self.viewer, [lyr.name for lyr in self.layers_of(sid)])
         self._hidden.pop(sid, None)
+        reclaim_frozen()  # the slide's layers and results are garbage now: memory back
 
     def _remove_in_slices(self, names: list[str], per_turn: int = 1) -> None:
         """Hide the layers now (they leave the screen at once), remove them a few per
