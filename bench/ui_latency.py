@@ -238,10 +238,13 @@ def measure_whatif(model_path: Path, n: int = 20000, reps: int = 15) -> dict:
 
 
 # ---------------------------------------------------------------------------- actions
-FLOOR = ("repaint", "napari_add_image", "napari_add_shapes")  # baselines: no napari-mil code
+# baselines (no napari-mil code): a repaint, and napari adding an image / a labelled shapes
+# layer right after the slide opened and again after the review's layers are there ("_late")
+FLOOR = ("repaint", "napari_add_image", "napari_add_shapes", "napari_add_image_late",
+         "napari_add_shapes_late")
 ACTIONS = ("open_slide", "repaint", "napari_add_image", "napari_add_shapes", "load_checkpoint",
            "full_run", "agreement", "threshold_step", "normalisation", "export_tiles",
-           "export_crops", "remove_model")
+           "export_crops", "napari_add_image_late", "napari_add_shapes_late", "remove_model")
 
 
 def _island_slide(root: Path, size_hw: tuple[int, int]):
@@ -410,6 +413,9 @@ def review_round(slide_path: Path, truth: Path, ckpts: list[Path], out: Path) ->
     res["export_crops"] = _measure(lambda: anns.run_export(anns.export_crops,
                                                            out / f"crops-{time.time_ns()}"),
                                    lambda: not anns.is_busy)
+    # napari's own cost again, now with the review's layers in the viewer (it grows with them)
+    n_layers = len(viewer.layers)
+    res.update({f"{k}_late": {**v, "layers": n_layers} for k, v in _napari_floor(viewer).items()})
     first = next(iter(s.models))
     res["remove_model"] = _measure(lambda: s.remove_model(first),
                                    lambda: not any(f" · {first} " in lyr.name
