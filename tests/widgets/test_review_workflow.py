@@ -82,6 +82,12 @@ def test_open_run_two_models_compare_export_save_reload(make_napari_viewer, qtbo
     assert annotations.report.auroc > 0.8  # ABMIL's scores find the lesion
     qtbot.waitUntil(lambda: any(lyr.metadata.get("kind") == "disagreement"
                                 for lyr in viewer.layers), timeout=10_000)
+    dis = next(lyr for lyr in viewer.layers if lyr.metadata.get("kind") == "disagreement")
+    codes = set(np.unique(dis.data).tolist())
+    assert codes <= {0.0, 1.0, 2.0}  # agree (0) or one of the two disagreements
+    rgba = dis.colormap.map(np.array([0.0, 0.5, 1.0]))  # codes 0, 1, 2 on limits (0, 2)
+    assert rgba[0, 3] == 0 and rgba[1, 3] > 0 and rgba[2, 3] > 0  # agreeing tiles transparent
+    assert tuple(dis.contrast_limits) == (0.0, 2.0)
     # the threshold is the session's; the table follows it
     annotations.threshold.setValue(20)
     qtbot.waitUntil(lambda: annotations.rows and annotations.rows[0].report.threshold == 0.2,
