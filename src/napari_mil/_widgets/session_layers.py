@@ -18,6 +18,7 @@ from ..session import ResultKey, ReviewSession, layer_name
 from .label_declutter import LabelDeclutter
 from .layer_sync import (
     LayerWorkQueue,
+    cache_vispy_filters,
     collect_young_on_removal,
     find_layer,
     keep_selection,
@@ -76,6 +77,7 @@ class SessionLayers:
         self.viewer = viewer
         self.session = session if session is not None else ReviewSession()
         collect_young_on_removal()  # removing a layer must not freeze the viewer
+        cache_vispy_filters()  # adding one must not read a file from disk each time
         reserve_qt_pool_threads()  # workers must not starve Qt's own image conversions
         self._hidden: dict[str, set[str]] = {}  # slide id -> its layers hidden while inactive
         # removals and difference layers, one piece per event-loop turn (see LayerWorkQueue);
