@@ -435,7 +435,7 @@ class AnnotationsDock(ExportActions, QWidget):
         for i, row in enumerate(self.rows):
             rep = row.report
             cells = [row.model, f"{rep.layer} [{rep.scale}]"] + [
-                _f(getattr(rep, attr)) for _h, attr, _t in COLUMNS[2:]]
+                fmt_metric(getattr(rep, attr)) for _h, attr, _t in COLUMNS[2:]]
             for j, text in enumerate(cells):
                 item = QTableWidgetItem(text)
                 item.setToolTip(f"{text}: {COLUMNS[j][2]}" if j < 2 else COLUMNS[j][2])
@@ -557,13 +557,13 @@ def _legend_html() -> str:
     return "Disagreement layer: " + "  ".join(parts)
 
 
-_f = fmt_metric
 
 
 def _format_report(row) -> str:
     r = row.report
     return (f"{row.model} · {r.layer} [{r.scale}] vs {'+'.join(r.classes) or 'all'}: "
-            f"{r.n_positive}/{r.n_tiles} tiles annotated — AUROC {_f(r.auroc)}, "
-            f"AP {_f(r.average_precision)}, Dice {_f(r.dice)}, IoU {_f(r.iou)} "
-            f"(threshold {r.threshold:.2f}), mass inside {_f(r.mass_inside)}, "
-            f"top-{r.top_k} hit rate {_f(r.top_k_hit_rate)}")
+            f"{r.n_positive}/{r.n_tiles} tiles annotated — AUROC {fmt_metric(r.auroc)}, "
+            f"AP {fmt_metric(r.average_precision)}, Dice {fmt_metric(r.dice)}, "
+            f"IoU {fmt_metric(r.iou)} "
+            f"(threshold {r.threshold:.2f}), mass inside {fmt_metric(r.mass_inside)}, "
+            f"top-{r.top_k} hit rate {fmt_metric(r.top_k_hit_rate)}")

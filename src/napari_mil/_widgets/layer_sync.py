@@ -36,7 +36,6 @@ def find_layer(viewer, name: str):
 
 def upsert_layer(viewer, data, kwargs: dict, layer_type: str):
     """Update the layer named ``kwargs['name']`` in place (keeping its visibility), else add it."""
-    from napari.layers import Layer
 
     layer = find_layer(viewer, kwargs["name"])
     if layer is not None and is_layer_type(layer, layer_type):
@@ -68,9 +67,8 @@ def upsert_layer(viewer, data, kwargs: dict, layer_type: str):
         return layer
     if layer is not None:
         viewer.layers.remove(layer)
-    layer = Layer.create(data, dict(kwargs), layer_type)
-    with keep_selection(viewer):
-        viewer.add_layer(layer)
+    layer = make_layer(data, kwargs, layer_type)
+    add_made_layer(viewer, layer)
     return layer
 
 
@@ -390,15 +388,9 @@ def is_placeholder(layer) -> bool:
 
 def add_missing_layers(viewer, tuples: Iterable[tuple]) -> list[str]:
     """Add the layers of ``tuples`` whose names are not in the viewer yet; returns their names."""
-    from napari.layers import Layer
-
-    added = []
-    with keep_selection(viewer):
-        for data, kwargs, kind in tuples:
-            if find_layer(viewer, kwargs["name"]) is None:
-                viewer.add_layer(Layer.create(data, dict(kwargs), kind))
-                added.append(kwargs["name"])
-    return added
+    return [kwargs["name"] for data, kwargs, kind in tuples
+            if find_layer(viewer, kwargs["name"]) is None
+            and add_made_layer(viewer, make_layer(data, kwargs, kind))]
 
 
 def make_layer(data, kwargs: dict, layer_type: str):

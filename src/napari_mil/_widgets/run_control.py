@@ -126,12 +126,26 @@ class RunControl:
         names = {kw["name"] for _d, kw, _k in tuples}
         if any(is_placeholder(lyr) and lyr.name not in names for lyr in self.viewer.layers):
             self._stage(lambda: self.drop_placeholders(keep=names))
-        for data, kwargs, kind in tuples:  # made in one turn, added in the next
-            made: dict = {}
-            self._stage(lambda d=data, kw=kwargs, k=kind, m=made: m.update(
-                layer=None if kw["name"] in self.viewer.layers else make_layer(d, kw, k)))
-            self._stage(lambda m=made: m.get("layer") is not None
-                        and add_made_layer(self.viewer, m["layer"]))
+        for t in tuples:
+            self._stage_new_layer(*t)
+
+    def _stage_new_layer(self, data, kwargs: dict, kind: str, *, while_running: bool = False
+                         ) -> None:
+        """A new layer made in one event-loop turn and added to the viewer in the next (the
+        costly step, on its own); none if a layer of its name is there by then, and with
+        ``while_running`` none once the run has ended."""
+        made = []
+
+        def make() -> None:
+            if kwargs["name"] not in self.viewer.layers:
+                made.append(make_layer(data, kwargs, kind))
+
+        def add() -> None:
+            if made and (self.worker is not None or not while_running):
+                add_made_layer(self.viewer, made[0])
+
+        self._stage(make)
+        self._stage(add)
 
     def drop_placeholders(self, keep=frozenset()) -> None:
         """Remove empty layers no run is going to fill (the model or slide changed)."""
@@ -365,9 +379,8 @@ class RunControl:
         data, kwargs, kind = layer_tuple
         if find_layer(self.viewer, kwargs["name"]) is None and not has_placeholder_for(
                 self.viewer, kwargs, kind):
-            made = make_layer(data, kwargs, kind)  # made now, added in the next turn
-            self._run_layers.add(made.name)
-            self._stage(lambda: self.worker is not None and add_made_layer(self.viewer, made))
+            self._run_layers.add(kwargs["name"])
+            self._stage_new_layer(data, kwargs, kind, while_running=True)
             return
         layer = write_layer(self.viewer, data, kwargs, kind, thumbnail=False)
         self._run_layers.add(layer.name)

@@ -225,16 +225,14 @@ class SessionLayers:
         self._hidden.pop(sid, None)
         reclaim_frozen()  # the slide's layers and results are garbage now: memory back
 
-    def _remove_in_slices(self, names: list[str], per_turn: int = 1) -> None:
-        """Hide the layers now (they leave the screen at once), remove them a few per
+    def _remove_in_slices(self, names: list[str]) -> None:
+        """Hide the layers now (they leave the screen at once), remove them one per
         event-loop turn (each removal costs napari tens of ms)."""
-        layers = [lyr for lyr in (find_layer(self.viewer, n) for n in names) if lyr is not None]
-        for layer in layers:
-            layer.visible = False
-        for i in range(0, len(layers), per_turn):
-            chunk = layers[i:i + per_turn]
-            self.work.put(lambda chunk=chunk: remove_layers(
-                self.viewer, [lyr.name for lyr in chunk if lyr in self.viewer.layers]))
+        for layer in (find_layer(self.viewer, n) for n in names):
+            if layer is not None:
+                layer.visible = False
+                self.work.put(lambda layer=layer: layer in self.viewer.layers
+                              and remove_layers(self.viewer, [layer.name]))
 
     def _on_active_slide(self, sid: str | None) -> None:
         for other in {slide_of(lyr) for lyr in self.viewer.layers} - {None, sid}:
