@@ -11,6 +11,7 @@ uni_v1 also run end to end on a full tile.
 from __future__ import annotations
 
 import gc
+import shutil
 
 import numpy as np
 import pytest
@@ -45,6 +46,14 @@ def resnet_file(tmp_path_factory):
     need("timm")
     path = tmp_path_factory.mktemp("w") / "resnet.safetensors"
     return save_random_weights(weights_target(build_encoder("resnet50_trunc")), path, seed=1)
+
+
+@pytest.fixture
+def weights_dir(tmp_path):
+    """A folder for one test's weights files, removed when the test ends, passed or not:
+    the billion-parameter files are gigabytes each, and pytest keeps old runs' folders."""
+    yield tmp_path
+    shutil.rmtree(tmp_path, ignore_errors=True)
 
 
 def _tile(size: int, seed: int = 0) -> np.ndarray:
@@ -93,10 +102,10 @@ def test_every_named_encoder_is_listed_with_its_card():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(DOCUMENTED))
-def test_named_encoder_from_local_weights_equals_reference(name, tmp_path, resnet_file):
+def test_named_encoder_from_local_weights_equals_reference(name, weights_dir, resnet_file):
     dim, size, read, *_, patch, _interp = DOCUMENTED[name]
     dtype = torch.float16 if name in GIANT else torch.float32  # half the disk for 1 B params
-    path = save_random_weights(weights_target(build_encoder(name)), tmp_path / "w.safetensors",
+    path = save_random_weights(weights_target(build_encoder(name)), weights_dir / "w.safetensors",
                                dtype=dtype)
     ex = create_extractor(name, weights=path, device="cpu")
     assert ex.output_dim == dim and ex.card.name == name
@@ -125,7 +134,7 @@ def test_named_encoder_from_local_weights_equals_reference(name, tmp_path, resne
     if name.startswith("resnet50"):  # the compact CNN's weights: another architecture
         from napari_mil.features.cnn import CompactCNN
 
-        other = save_random_weights(CompactCNN(), tmp_path / "other.safetensors")
+        other = save_random_weights(CompactCNN(), weights_dir / "other.safetensors")
     with pytest.raises(ExtractorError, match=f"does not hold the weights of '{name}'"):
         create_extractor(name, weights=other, device="cpu")
 
@@ -158,14 +167,14 @@ def test_card_preprocessing_equals_documented_transforms(name):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet50_trunc", "uni_v1"])
-def test_full_tile_embedding_equals_reference(name, tmp_path):
+def test_full_tile_embedding_equals_reference(name, weights_dir):
     """uint8 tile → embed() equals TRIDENT's transforms + forward on the PIL image."""
     need("torchvision")
     from PIL import Image
     from torchvision import transforms as T
 
     dim, size, read, mean, std, *_ = DOCUMENTED[name]
-    path = save_random_weights(weights_target(build_encoder(name)), tmp_path / "w.safetensors")
+    path = save_random_weights(weights_target(build_encoder(name)), weights_dir / "w.safetensors")
     ex = create_extractor(name, weights=path, device="cpu")
     tile = _tile(read, seed=3)
     ours = ex.embed(tile)
