@@ -240,11 +240,12 @@ def measure_whatif(model_path: Path, n: int = 20000, reps: int = 15) -> dict:
 # ---------------------------------------------------------------------------- actions
 # baselines (no napari-mil code): a repaint, and napari adding an image / a labelled shapes
 # layer right after the slide opened and again after the review's layers are there ("_late")
-FLOOR = ("repaint", "napari_add_image", "napari_add_shapes", "napari_add_image_late",
-         "napari_add_shapes_late")
+FLOOR = ("repaint", "napari_add_image", "napari_add_shapes", "repaint_late",
+         "napari_add_image_late", "napari_add_shapes_late")
 ACTIONS = ("open_slide", "repaint", "napari_add_image", "napari_add_shapes", "load_checkpoint",
            "full_run", "agreement", "threshold_step", "normalisation", "export_tiles",
-           "export_crops", "napari_add_image_late", "napari_add_shapes_late", "remove_model")
+           "export_crops", "repaint_late", "napari_add_image_late", "napari_add_shapes_late",
+           "remove_model")
 
 
 def _island_slide(root: Path, size_hw: tuple[int, int]):
@@ -415,6 +416,8 @@ def review_round(slide_path: Path, truth: Path, ckpts: list[Path], out: Path) ->
                                    lambda: not anns.is_busy)
     # napari's own cost again, now with the review's layers in the viewer (it grows with them)
     n_layers = len(viewer.layers)
+    res["repaint_late"] = {**_measure(lambda: setattr(slide_layer, "opacity", 1.0),
+                                      _after_ticks(REPAINT_TICKS)), "layers": n_layers}
     res.update({f"{k}_late": {**v, "layers": n_layers} for k, v in _napari_floor(viewer).items()})
     first = next(iter(s.models))
     res["remove_model"] = _measure(lambda: s.remove_model(first),

@@ -86,7 +86,7 @@ class AnalysisDock(SessionBinding, RunControl, QWidget):
         self._pending_partial = None
         self._partial_scheduled = False
         self._run_key = None  # (slide, model) of the run in progress
-        self._prepare_after_run = False
+        self._drop_placeholders_after_run = False
         self._settle_pending = False
         self._last_partial = 0.0
         self._lookup: TileLookup | None = None

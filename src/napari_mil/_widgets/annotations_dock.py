@@ -533,7 +533,7 @@ class AnnotationsDock(ExportActions, QWidget):
 
         def add() -> None:
             self._made_disagreement = None
-            add_made_layer(self.viewer, made)
+            add_made_layer(self.viewer, made, reveal_with=self.layers_view.work.put)
 
         self.layers_view.work.put(add)
 

@@ -180,7 +180,7 @@ class SessionBinding:
             return
         if self.is_running:
             self.cancel()
-            self._prepare_after_run = True
+            self._drop_placeholders_after_run = True
             self.status_label.setText("Slide changed: the run was cancelled.")
         elif not self.is_busy:
             self.drop_placeholders()
@@ -217,7 +217,7 @@ class SessionBinding:
                                 else f"{entry.id}: a saved result (no checkpoint).")
         if self.is_running and self._run_key is not None and self._run_key.model != mid:
             self.cancel()
-            self._prepare_after_run = True
+            self._drop_placeholders_after_run = True
         elif not self.is_busy:
             self.drop_placeholders()  # the next run makes its own
         self._sync_result()
@@ -284,7 +284,7 @@ class SessionBinding:
                 and self._run_key.model == reloaded.id):
             # its weights are being replaced: the running result would not be theirs
             self.cancel()
-            self._prepare_after_run = True
+            self._drop_placeholders_after_run = True
         entry = self.session.add_model(model, path)
         self._extractor, self._extractor_of = extractor, entry.id
         freeze_long_lived()  # the model and torch stay: no later gc.collect walks them

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import weakref
 from collections import deque
 from collections.abc import Iterable
 
@@ -13,7 +14,9 @@ __all__ = ["is_layer_type", "upsert_layer", "upsert_layers", "remove_layers", "f
            "write_layer", "add_missing_layers", "is_placeholder", "freeze_long_lived",
            "warm_first_use", "warm_canvas", "keep_selection", "collect_young_on_removal",
            "LayerWorkQueue", "make_layer", "add_made_layer", "has_placeholder_for",
-           "reserve_qt_pool_threads", "reclaim_frozen", "cache_vispy_filters"]
+           "reserve_qt_pool_threads", "reclaim_frozen", "cache_vispy_filters",
+           "lazy_layer_controls", "cache_shader_parsing", "cache_glyph_distance_fields",
+           "take_reveal", "reveal_due"]
 
 _UPDATABLE = ("scale", "translate", "colormap", "contrast_limits", "metadata", "features",
               "edge_color", "text")
@@ -189,6 +192,90 @@ def cache_vispy_filters() -> bool:
     return True
 
 
+#: shader sources whose variables are remembered (a few per layer type and colormap)
+SHADER_PARSE_CACHE = 512
+
+
+def cache_shader_parsing() -> bool:
+    """vispy finds a program's uniforms and attributes by parsing its GLSL source with a
+    regex that backtracks on every long line (napari's colormap functions are long lines):
+    10–40 ms of the first paint of every new layer, for sources it has parsed before. The
+    result depends only on the source: parse each source once. Returns whether it applies."""
+    try:
+        from vispy.gloo.program import Program
+    except ImportError:
+        return False
+    parse = Program._parse_variables_from_code
+    if getattr(parse, "_napari_mil_cached", False):
+        return True
+    from collections import OrderedDict
+
+    known: OrderedDict[str, dict] = OrderedDict()
+
+    def parse_once(self, update_variables: bool = True) -> None:
+        code = "\n\n".join(sh.code for sh in self._shaders)
+        variables = known.get(code)
+        if variables is None:
+            parse(self, update_variables=False)
+            known[code] = dict(self._code_variables)
+            if len(known) > SHADER_PARSE_CACHE:
+                known.popitem(last=False)
+        else:
+            known.move_to_end(code)
+            self._code_variables = dict(variables)
+        if update_variables:
+            self._process_pending_variables()
+
+    parse_once._napari_mil_cached = True
+    parse_once.__wrapped__ = parse
+    Program._parse_variables_from_code = parse_once
+    return True
+
+
+#: glyph distance fields remembered (a few fonts × the characters labels use)
+GLYPH_CACHE = 4096
+
+
+def cache_glyph_distance_fields() -> bool:
+    """Every vispy text visual — napari makes one per points or shapes layer, plus the scale
+    bar's and colour bar's — has its own font atlas, and fills it by computing each glyph's
+    signed distance field on the CPU (a numpy loop per pixel row: 4–8 ms a glyph, 50–110 ms
+    of the first paint of a labelled layer). The field depends only on the glyph's bitmap and
+    the atlas cell size: compute it once, copy it into each atlas. Returns whether it
+    applies."""
+    try:
+        from vispy.visuals.text.text import SDFRendererCPU
+    except ImportError:
+        return False
+    render = SDFRendererCPU.render_to_texture
+    if getattr(render, "_napari_mil_cached", False):
+        return True
+    import hashlib
+    from collections import OrderedDict
+
+    known: OrderedDict[tuple, np.ndarray] = OrderedDict()
+
+    def render_once(self, data, texture, offset, size) -> None:
+        data = np.ascontiguousarray(data)
+        key = (data.shape, data.dtype.str, tuple(size),
+               hashlib.blake2b(data, digest_size=16).digest())
+        cell = known.get(key)
+        if cell is None:
+            cell = np.zeros((size[1], size[0], 3), np.uint8)
+            render(self, data, cell, (0, 0), size)
+            known[key] = cell
+            if len(known) > GLYPH_CACHE:
+                known.popitem(last=False)
+        else:
+            known.move_to_end(key)
+        texture[offset[1]:offset[1] + size[1], offset[0]:offset[0] + size[0], :] = cell
+
+    render_once._napari_mil_cached = True
+    render_once.__wrapped__ = render
+    SDFRendererCPU.render_to_texture = render_once
+    return True
+
+
 def collect_young_on_removal() -> bool:
     """napari's canvas runs a full ``gc.collect()`` after every layer removal — a work-around
     for a Windows OpenGL driver race — and a full collection walks every object of the
@@ -213,6 +300,55 @@ def collect_young_on_removal() -> bool:
     if not (isinstance(current, ModuleType) and current is gc):
         return False
     canvas.gc = _YoungCollector()
+    return True
+
+
+def lazy_layer_controls(viewer) -> bool:
+    """napari builds every layer's controls panel (dozens of Qt widgets: 30–100 ms on a
+    software-rendered desktop) the moment the layer is added, though only the active layer's
+    panel is ever shown. Build each panel the first time its layer becomes active instead;
+    the layers the review adds beside the user's selection then cost no panel at all.
+    Returns whether it applies (napari's container as expected)."""
+    container = getattr(getattr(getattr(viewer, "window", None), "_qt_viewer", None),
+                        "controls", None)
+    if container is None:
+        return False
+    if getattr(container, "_napari_mil_lazy", False):
+        return True
+    layers = viewer.layers
+    hooks = ((layers.events.inserted, "_add"), (layers.events.removed, "_remove"),
+             (layers.selection.events.changed, "_populate"))
+    if not all(hasattr(container, name) and isinstance(getattr(container, "widgets", None), dict)
+               for _, name in hooks):
+        return False
+    from napari._qt.layer_controls.qt_layer_controls_container import (
+        create_qt_layer_controls,
+    )
+
+    def build(layer) -> None:
+        if layer is None or layer in container.widgets or layer not in layers:
+            return
+        controls = create_qt_layer_controls(layer)
+        controls.ndisplay = viewer.dims.ndisplay
+        container.addWidget(controls)
+        container.widgets[layer] = controls
+
+    def on_removed(event) -> None:
+        if event.value in container.widgets:
+            container._remove(event)
+
+    def on_selection(event=None) -> None:
+        from napari.settings import get_settings
+
+        if not get_settings().experimental.dynamic_layer_controls:
+            build(layers.selection.active)
+        container._populate()
+
+    for emitter, name in hooks:
+        emitter.disconnect(getattr(container, name))
+    layers.events.removed.connect(on_removed)
+    layers.selection.events.changed.connect(on_selection)
+    container._napari_mil_lazy = True
     return True
 
 
@@ -400,13 +536,47 @@ def make_layer(data, kwargs: dict, layer_type: str):
     return Layer.create(data, dict(kwargs), layer_type)
 
 
-def add_made_layer(viewer, layer) -> bool:
-    """Add a layer made by :func:`make_layer` unless one of its name is there by now."""
+def add_made_layer(viewer, layer, *, reveal_with=None) -> bool:
+    """Add a layer made by :func:`make_layer` unless one of its name is there by now.
+
+    With ``reveal_with`` (a function that runs a function in a later event-loop turn, e.g. a
+    work queue's ``put``), a layer meant to be seen is added hidden and shown in that later
+    turn: its first paint (new shaders and textures: 30–90 ms with software OpenGL) is then a
+    turn of its own, not one more cost in the turn napari adds it.
+    """
     if find_layer(viewer, layer.name) is not None:
         return False
+    reveal = reveal_with is not None and layer.visible
+    if reveal:
+        layer.visible = False
+        _REVEAL_DUE.add(layer)
     with keep_selection(viewer):
         viewer.add_layer(layer)
+    if reveal:
+        reveal_with(lambda: _reveal(viewer, layer))
     return True
+
+
+#: layers added hidden by add_made_layer, to be shown in a later turn (see take_reveal)
+_REVEAL_DUE: weakref.WeakSet = weakref.WeakSet()
+
+
+def take_reveal(layer) -> bool:
+    """Cancel the pending reveal of ``layer``; whether one was due (e.g. its slide was made
+    inactive meanwhile: it is to be shown with the slide's other layers instead)."""
+    due = layer in _REVEAL_DUE
+    _REVEAL_DUE.discard(layer)
+    return due
+
+
+def reveal_due(layer) -> bool:
+    """``layer`` was added hidden and is about to be shown (see :func:`add_made_layer`)."""
+    return layer in _REVEAL_DUE
+
+
+def _reveal(viewer, layer) -> None:
+    if take_reveal(layer) and any(lyr is layer for lyr in viewer.layers):
+        layer.visible = True
 
 
 def _placeholder_for(viewer, kwargs: dict, layer_type: str):

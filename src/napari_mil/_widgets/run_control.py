@@ -42,6 +42,7 @@ _JOIN_S = 30.0  # how long closing the viewer waits for a run to stop
 # Pause between two staged viewer updates. Not 0: a chain of zero-timers is served before any
 # other timer, repaint or input (Qt's dispatcher), which would stall the viewer as one block.
 _STAGE_GAP_MS = 8
+_ANY_RUN = -1  # the run id of staged work done whatever run is current
 
 
 class RunControl:
@@ -142,7 +143,7 @@ class RunControl:
 
         def add() -> None:
             if made and (self.worker is not None or not while_running):
-                add_made_layer(self.viewer, made[0])
+                add_made_layer(self.viewer, made[0], reveal_with=self._stage_always)
 
         self._stage(make)
         self._stage(add)
@@ -250,11 +251,11 @@ class RunControl:
         self._last_partial = 0.0
         self._last_progress_ui = 0.0
         self._run_id += 1
-        self._ui_queue.clear()
+        self._clear_staged()
         self._pending_partial = None
         self._pending_progress = None
         self._partial_scheduled = False
-        self._prepare_after_run = False
+        self._drop_placeholders_after_run = False
         self._settle_pending = True
         self.last_error = None
         self.prepare_layers_staged()  # after the reset above: staged under this run's id
@@ -344,12 +345,23 @@ class RunControl:
         if len(self._ui_queue) == 1:
             QTimer.singleShot(_STAGE_GAP_MS, self._drain_one)
 
+    def _clear_staged(self) -> None:
+        """Forget staged work, except what is to be done whatever run is current (a drain
+        already scheduled does that)."""
+        kept = [item for item in self._ui_queue if item[0] == _ANY_RUN]
+        self._ui_queue.clear()
+        self._ui_queue.extend(kept)
+
+    def _stage_always(self, fn) -> None:
+        """Stage ``fn`` to run even if another run starts before its turn."""
+        self._stage(fn, _ANY_RUN)
+
     def _drain_one(self) -> None:
         if not self._ui_queue or self._closed:
             return
         run_id, fn = self._ui_queue.popleft()
         try:
-            if run_id == self._run_id:
+            if run_id in (self._run_id, _ANY_RUN):
                 fn()
         except Exception as exc:  # noqa: BLE001 - a failed update must not kill the session
             self.notify_error(exc)
@@ -396,7 +408,7 @@ class RunControl:
         self._pending_partial = None
         self._partial_scheduled = False
         self._run_id += 1  # a partial update still queued is stale now
-        self._ui_queue.clear()
+        self._clear_staged()
         key = self._run_key
         if outcome.tissue is not None:  # drawn by the session's layer view
             self._stage(lambda: self.session.set_tissue(key.slide, outcome.tissue,
@@ -446,7 +458,7 @@ class RunControl:
         the same model show it again; the layers made for this run (empty or half-drawn) go,
         so nothing half-drawn stays and the layer list is as it was before the run."""
         self._run_id += 1  # staged updates of this run become no-ops
-        self._ui_queue.clear()
+        self._clear_staged()
         self._pending_partial = None
         self._partial_scheduled = False
         if self._closed:
@@ -483,8 +495,8 @@ class RunControl:
         self.run_btn.setEnabled(True)
         self.cancel_btn.setEnabled(False)
         self._set_bar(1 if self.result is not None else 0, 1)
-        if self._prepare_after_run:  # the model or the slide changed during the run
-            self._prepare_after_run = False
+        if self._drop_placeholders_after_run:  # the model or the slide changed during the run
+            self._drop_placeholders_after_run = False
             self._stage(self.drop_placeholders)
         if not self._ui_queue:
             self._maybe_settled()

@@ -18,13 +18,18 @@ from ..session import ResultKey, ReviewSession, layer_name
 from .label_declutter import LabelDeclutter
 from .layer_sync import (
     LayerWorkQueue,
+    cache_glyph_distance_fields,
+    cache_shader_parsing,
     cache_vispy_filters,
     collect_young_on_removal,
     find_layer,
     keep_selection,
+    lazy_layer_controls,
     reclaim_frozen,
     remove_layers,
     reserve_qt_pool_threads,
+    reveal_due,
+    take_reveal,
     write_layer,
 )
 
@@ -78,6 +83,9 @@ class SessionLayers:
         self.session = session if session is not None else ReviewSession()
         collect_young_on_removal()  # removing a layer must not freeze the viewer
         cache_vispy_filters()  # adding one must not read a file from disk each time
+        cache_shader_parsing()  # nor parse shader sources vispy has parsed before
+        cache_glyph_distance_fields()  # nor draw the label glyphs every text visual drew
+        lazy_layer_controls(viewer)  # nor build a controls panel nobody looks at yet
         reserve_qt_pool_threads()  # workers must not starve Qt's own image conversions
         self._hidden: dict[str, set[str]] = {}  # slide id -> its layers hidden while inactive
         # removals and difference layers, one piece per event-loop turn (see LayerWorkQueue);
@@ -163,7 +171,8 @@ class SessionLayers:
         """Put what the viewer shows (visible layers, camera) into the session (to be saved)."""
         cam = self.viewer.camera
         self.session.view["visible_layers"] = [
-            lyr.name for lyr in self.viewer.layers if lyr.visible and slide_of(lyr) is not None]
+            lyr.name for lyr in self.viewer.layers
+            if (lyr.visible or reveal_due(lyr)) and slide_of(lyr) is not None]
         self.session.view["camera"] = {"center": [float(v) for v in cam.center],
                                        "zoom": float(cam.zoom)}
 
@@ -237,7 +246,7 @@ class SessionLayers:
     def _on_active_slide(self, sid: str | None) -> None:
         for other in {slide_of(lyr) for lyr in self.viewer.layers} - {None, sid}:
             for layer in self.layers_of(other):
-                if layer.visible:
+                if take_reveal(layer) or layer.visible:  # shown, or about to be
                     self._hidden.setdefault(other, set()).add(layer.name)
                     layer.visible = False
         for name in self._hidden.pop(sid, set()) if sid is not None else ():
