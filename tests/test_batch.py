@@ -147,7 +147,14 @@ def test_rerun_keeps_complete_outputs_and_clears_leftover_temp_files(cohort):
     # a killed attempt left its marker, temp files and no done.json: the rerun starts clean
     (d / ".result.npz.x1y2.tmp").write_bytes(b"half")
     (d / ".heatmap.ome.tif.k9.tmp").write_bytes(b"half")
+    (d / "..attempt.json.p4q5.tmp").write_bytes(b"{")  # killed while writing its marker
     (d / "done.json").rename(d / ".attempt.json")
     assert process_slide(str(slides[0]), str(ckpt), str(out), settings).status == "ok"
     assert is_complete(d) and not list(d.glob(".*.tmp"))
     assert (d / "result.npz").stat().st_mtime_ns != stamp
+    # a complete slide whose next attempt was killed writing the marker: kept, and tidied
+    stamp = (d / "result.npz").stat().st_mtime_ns
+    (d / "..attempt.json.r6s7.tmp").write_bytes(b"{")
+    assert process_slide(str(slides[0]), str(ckpt), str(out), settings).status == "ok"
+    assert (d / "result.npz").stat().st_mtime_ns == stamp and not list(d.glob(".*.tmp"))
+    assert not (d / ".attempt.json").exists()

@@ -25,7 +25,7 @@ from qtpy.QtWidgets import QApplication
 app = QApplication([])
 QThreadPool.globalInstance().setMaxThreadCount(2)   # a 2-core machine's pool
 if sys.argv[1] == "reserve":
-    from napari_mil._widgets.layer_sync import reserve_qt_pool_threads
+    from napari_mil._widgets.viewer_tuning import reserve_qt_pool_threads
     reserve_qt_pool_threads()
 from napari.qt.threading import create_worker
 stop = threading.Event()

@@ -1,4 +1,5 @@
-"""The review's tuning of napari and vispy (``_widgets/layer_sync.py``) keeps their behaviour:
+"""The review's tuning of napari and vispy (``_widgets/viewer_tuning.py``, ``layer_sync.py``)
+keeps their behaviour:
 controls panels built on first selection still show and go with their layer, cached shader
 parsing and glyph fields equal vispy's own, the spatial-filter kernel is vispy's, adding layers
 beside a selection leaves that selection alone, and a layer added hidden for its first paint
@@ -11,16 +12,19 @@ import pytest
 
 from napari_mil._widgets.layer_sync import (
     add_made_layer,
-    cache_glyph_distance_fields,
-    cache_shader_parsing,
-    cache_vispy_filters,
     keep_selection,
-    lazy_layer_controls,
     make_layer,
     reveal_due,
     take_reveal,
 )
 from napari_mil._widgets.session_layers import SessionLayers
+from napari_mil._widgets.viewer_tuning import (
+    cache_glyph_distance_fields,
+    cache_shader_parsing,
+    cache_vispy_filters,
+    lazy_layer_controls,
+    tune_viewer,
+)
 
 pytestmark = [pytest.mark.gui]
 
@@ -73,6 +77,7 @@ def test_a_layer_added_with_nothing_selected_shows_its_panel(viewer):
 def test_lazy_controls_are_installed_once_by_the_review(make_napari_viewer):
     viewer = make_napari_viewer()
     SessionLayers.of(viewer)
+    assert all(tune_viewer(viewer).values())  # every patch applies to this napari and vispy
     container = _controls(viewer)
     assert getattr(container, "_napari_mil_lazy", False)
     assert lazy_layer_controls(viewer)  # again: no second set of handlers
@@ -201,3 +206,20 @@ def test_a_layer_due_to_show_on_a_slide_made_inactive_comes_back_with_it(
     assert not layer.visible
     s.set_active_slide(first)
     assert layer.visible
+
+
+def test_a_first_slide_is_selected_in_the_turn_after_it_is_added(make_napari_viewer, make_slide):
+    viewer = make_napari_viewer()
+    view = SessionLayers.of(viewer)
+    entry = view.session.open_slide(make_slide("first.svs", (512, 512)))
+    layer = view.slide_layer(entry.id)
+    assert layer is not None and layer.visible
+    assert not viewer.layers.selection  # its controls panel is not built in this turn
+    view.work.flush()
+    assert viewer.layers.selection.active is layer
+    container = _controls(viewer)
+    assert container.currentWidget() is container.widgets[layer]
+    other = view.session.open_slide(make_slide("second.svs", (512, 512), seed=1))
+    view.work.flush()
+    assert viewer.layers.selection.active is layer  # the user's selection stays
+    assert view.slide_layer(other.id) not in viewer.layers.selection

@@ -12,11 +12,9 @@ import numpy as np
 
 __all__ = ["is_layer_type", "upsert_layer", "upsert_layers", "remove_layers", "find_layer",
            "write_layer", "add_missing_layers", "is_placeholder", "freeze_long_lived",
-           "warm_first_use", "warm_canvas", "keep_selection", "collect_young_on_removal",
-           "LayerWorkQueue", "make_layer", "add_made_layer", "has_placeholder_for",
-           "reserve_qt_pool_threads", "reclaim_frozen", "cache_vispy_filters",
-           "lazy_layer_controls", "cache_shader_parsing", "cache_glyph_distance_fields",
-           "take_reveal", "reveal_due"]
+           "warm_first_use", "warm_canvas", "keep_selection", "LayerWorkQueue", "make_layer",
+           "add_made_layer", "has_placeholder_for", "reclaim_frozen", "take_reveal",
+           "reveal_due", "select_if_none"]
 
 _UPDATABLE = ("scale", "translate", "colormap", "contrast_limits", "metadata", "features",
               "edge_color", "text")
@@ -115,15 +113,16 @@ def upsert_layers(viewer, tuples: Iterable[tuple]) -> list:
 
 
 @contextlib.contextmanager
-def keep_selection(viewer):
+def keep_selection(viewer, *, even_if_none: bool = False):
     """Add layers without selecting them: napari makes each inserted layer the only selected
     one (its controls swap in, the buttons restyle), which costs time on every addition and
     takes the selection from what the user was working on (e.g. the shapes being drawn).
-    With nothing selected yet, napari selects the new layer as usual (its controls show)."""
+    With nothing selected yet, napari selects the new layer as usual (its controls show),
+    unless ``even_if_none`` (the caller selects it later: see :func:`select_if_none`)."""
     layers = viewer.layers
     before = getattr(layers, "_activate_on_insert", None)
-    if before is None or not layers.selection:  # nothing chosen yet: napari's own choice
-        yield
+    if before is None or (not layers.selection and not even_if_none):
+        yield  # nothing chosen yet: napari's own choice
         return
     layers._activate_on_insert = False
     try:
@@ -132,224 +131,12 @@ def keep_selection(viewer):
         layers._activate_on_insert = before
 
 
-class _YoungCollector:
-    """Stands in for the ``gc`` module inside napari's canvas (see
-    :func:`collect_young_on_removal`): ``collect()`` there collects the young generations."""
-
-    def __getattr__(self, name: str):
-        import gc
-
-        return getattr(gc, name)
-
-    @staticmethod
-    def collect(generation: int = 2) -> int:
-        import gc
-
-        return gc.collect(min(generation, 1))
-
-
-#: threads of Qt's global pool: the review's workers (napari's create_worker) run Python there,
-#: and Qt converts large images (e.g. the window's backing store) in the same pool while the
-#: main thread waits holding Python's lock — with every thread taken by a worker that waits
-#: for that lock, the viewer would deadlock (2 threads on a 2-core machine)
-QT_POOL_THREADS = 16
-
-
-def reserve_qt_pool_threads(n: int = QT_POOL_THREADS) -> int:
-    """Give Qt's global thread pool room for its own work beside the review's workers."""
-    from qtpy.QtCore import QThreadPool
-
-    pool = QThreadPool.globalInstance()
-    if pool.maxThreadCount() < n:
-        pool.setMaxThreadCount(n)
-    return pool.maxThreadCount()
-
-
-def cache_vispy_filters() -> bool:
-    """vispy reads and packs its interpolation-kernel file from disk for every image, volume
-    and text visual it makes — napari makes one of each per image layer: 20–40 ms of every
-    layer added. The kernel never changes: read it once. Returns whether it applies."""
-    try:
-        from vispy.io import datasets
-        from vispy.visuals import image, volume
-        from vispy.visuals.text import text
-    except ImportError:
-        return False
-    load = datasets.load_spatial_filters
-    if getattr(load, "_napari_mil_cached", False):
-        return True
-    cache: dict = {}
-
-    def load_once(packed: bool = True):
-        if packed not in cache:
-            cache[packed] = load(packed)
-        return cache[packed]
-
-    load_once._napari_mil_cached = True
-    for module in (datasets, image, volume, text):
-        if getattr(module, "load_spatial_filters", None) is load:
-            module.load_spatial_filters = load_once
-    return True
-
-
-#: shader sources whose variables are remembered (a few per layer type and colormap)
-SHADER_PARSE_CACHE = 512
-
-
-def cache_shader_parsing() -> bool:
-    """vispy finds a program's uniforms and attributes by parsing its GLSL source with a
-    regex that backtracks on every long line (napari's colormap functions are long lines):
-    10–40 ms of the first paint of every new layer, for sources it has parsed before. The
-    result depends only on the source: parse each source once. Returns whether it applies."""
-    try:
-        from vispy.gloo.program import Program
-    except ImportError:
-        return False
-    parse = Program._parse_variables_from_code
-    if getattr(parse, "_napari_mil_cached", False):
-        return True
-    from collections import OrderedDict
-
-    known: OrderedDict[str, dict] = OrderedDict()
-
-    def parse_once(self, update_variables: bool = True) -> None:
-        code = "\n\n".join(sh.code for sh in self._shaders)
-        variables = known.get(code)
-        if variables is None:
-            parse(self, update_variables=False)
-            known[code] = dict(self._code_variables)
-            if len(known) > SHADER_PARSE_CACHE:
-                known.popitem(last=False)
-        else:
-            known.move_to_end(code)
-            self._code_variables = dict(variables)
-        if update_variables:
-            self._process_pending_variables()
-
-    parse_once._napari_mil_cached = True
-    parse_once.__wrapped__ = parse
-    Program._parse_variables_from_code = parse_once
-    return True
-
-
-#: glyph distance fields remembered (a few fonts × the characters labels use)
-GLYPH_CACHE = 4096
-
-
-def cache_glyph_distance_fields() -> bool:
-    """Every vispy text visual — napari makes one per points or shapes layer, plus the scale
-    bar's and colour bar's — has its own font atlas, and fills it by computing each glyph's
-    signed distance field on the CPU (a numpy loop per pixel row: 4–8 ms a glyph, 50–110 ms
-    of the first paint of a labelled layer). The field depends only on the glyph's bitmap and
-    the atlas cell size: compute it once, copy it into each atlas. Returns whether it
-    applies."""
-    try:
-        from vispy.visuals.text.text import SDFRendererCPU
-    except ImportError:
-        return False
-    render = SDFRendererCPU.render_to_texture
-    if getattr(render, "_napari_mil_cached", False):
-        return True
-    import hashlib
-    from collections import OrderedDict
-
-    known: OrderedDict[tuple, np.ndarray] = OrderedDict()
-
-    def render_once(self, data, texture, offset, size) -> None:
-        data = np.ascontiguousarray(data)
-        key = (data.shape, data.dtype.str, tuple(size),
-               hashlib.blake2b(data, digest_size=16).digest())
-        cell = known.get(key)
-        if cell is None:
-            cell = np.zeros((size[1], size[0], 3), np.uint8)
-            render(self, data, cell, (0, 0), size)
-            known[key] = cell
-            if len(known) > GLYPH_CACHE:
-                known.popitem(last=False)
-        else:
-            known.move_to_end(key)
-        texture[offset[1]:offset[1] + size[1], offset[0]:offset[0] + size[0], :] = cell
-
-    render_once._napari_mil_cached = True
-    render_once.__wrapped__ = render
-    SDFRendererCPU.render_to_texture = render_once
-    return True
-
-
-def collect_young_on_removal() -> bool:
-    """napari's canvas runs a full ``gc.collect()`` after every layer removal — a work-around
-    for a Windows OpenGL driver race — and a full collection walks every object of the
-    process (napari, torch, a model): 100–250 ms of frozen viewer per removal. Elsewhere the
-    young generations are collected there instead (the removed layer's visual was made
-    recently or is freed by reference counting; older garbage waits for Python's own
-    collections). Returns whether it applies (not on Windows, napari's canvas as expected)."""
-    import sys
-
-    if sys.platform == "win32":
-        return False
-    try:
-        from napari._vispy import canvas
-    except ImportError:
-        return False
-    import gc
-    from types import ModuleType
-
-    current = getattr(canvas, "gc", None)
-    if isinstance(current, _YoungCollector):
-        return True
-    if not (isinstance(current, ModuleType) and current is gc):
-        return False
-    canvas.gc = _YoungCollector()
-    return True
-
-
-def lazy_layer_controls(viewer) -> bool:
-    """napari builds every layer's controls panel (dozens of Qt widgets: 30–100 ms on a
-    software-rendered desktop) the moment the layer is added, though only the active layer's
-    panel is ever shown. Build each panel the first time its layer becomes active instead;
-    the layers the review adds beside the user's selection then cost no panel at all.
-    Returns whether it applies (napari's container as expected)."""
-    container = getattr(getattr(getattr(viewer, "window", None), "_qt_viewer", None),
-                        "controls", None)
-    if container is None:
-        return False
-    if getattr(container, "_napari_mil_lazy", False):
-        return True
+def select_if_none(viewer, layer) -> None:
+    """Select ``layer`` if it is in the viewer and nothing is selected (napari's choice for a
+    first layer, made in a later turn than its insertion: see :func:`keep_selection`)."""
     layers = viewer.layers
-    hooks = ((layers.events.inserted, "_add"), (layers.events.removed, "_remove"),
-             (layers.selection.events.changed, "_populate"))
-    if not all(hasattr(container, name) and isinstance(getattr(container, "widgets", None), dict)
-               for _, name in hooks):
-        return False
-    from napari._qt.layer_controls.qt_layer_controls_container import (
-        create_qt_layer_controls,
-    )
-
-    def build(layer) -> None:
-        if layer is None or layer in container.widgets or layer not in layers:
-            return
-        controls = create_qt_layer_controls(layer)
-        controls.ndisplay = viewer.dims.ndisplay
-        container.addWidget(controls)
-        container.widgets[layer] = controls
-
-    def on_removed(event) -> None:
-        if event.value in container.widgets:
-            container._remove(event)
-
-    def on_selection(event=None) -> None:
-        from napari.settings import get_settings
-
-        if not get_settings().experimental.dynamic_layer_controls:
-            build(layers.selection.active)
-        container._populate()
-
-    for emitter, name in hooks:
-        emitter.disconnect(getattr(container, name))
-    layers.events.removed.connect(on_removed)
-    layers.selection.events.changed.connect(on_selection)
-    container._napari_mil_lazy = True
-    return True
+    if not layers.selection and any(lyr is layer for lyr in layers):
+        layers.selection.active = layer
 
 
 class LayerWorkQueue:

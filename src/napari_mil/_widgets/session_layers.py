@@ -18,20 +18,16 @@ from ..session import ResultKey, ReviewSession, layer_name
 from .label_declutter import LabelDeclutter
 from .layer_sync import (
     LayerWorkQueue,
-    cache_glyph_distance_fields,
-    cache_shader_parsing,
-    cache_vispy_filters,
-    collect_young_on_removal,
     find_layer,
     keep_selection,
-    lazy_layer_controls,
     reclaim_frozen,
     remove_layers,
-    reserve_qt_pool_threads,
     reveal_due,
+    select_if_none,
     take_reveal,
     write_layer,
 )
+from .viewer_tuning import tune_viewer
 
 __all__ = ["SessionLayers", "session_for", "DISPLAY_DEFAULTS", "key_of", "slide_of",
            "connect_all", "disconnect_all"]
@@ -81,12 +77,7 @@ class SessionLayers:
     def __init__(self, viewer, session: ReviewSession | None = None) -> None:
         self.viewer = viewer
         self.session = session if session is not None else ReviewSession()
-        collect_young_on_removal()  # removing a layer must not freeze the viewer
-        cache_vispy_filters()  # adding one must not read a file from disk each time
-        cache_shader_parsing()  # nor parse shader sources vispy has parsed before
-        cache_glyph_distance_fields()  # nor draw the label glyphs every text visual drew
-        lazy_layer_controls(viewer)  # nor build a controls panel nobody looks at yet
-        reserve_qt_pool_threads()  # workers must not starve Qt's own image conversions
+        tune_viewer(viewer)  # layers added and removed without needless stalls
         self._hidden: dict[str, set[str]] = {}  # slide id -> its layers hidden while inactive
         # removals and difference layers, one piece per event-loop turn (see LayerWorkQueue);
         # flushed before a result's layers are written (a name may come back)
@@ -202,8 +193,11 @@ class SessionLayers:
         from napari.layers import Layer
 
         layer = Layer.create(data, kwargs, kind)
-        with keep_selection(self.viewer):
+        # napari would select a first layer as it inserts it, building its controls panel in
+        # the same turn: the panel comes in the next turn instead
+        with keep_selection(self.viewer, even_if_none=True):
             self.viewer.layers.insert(self._slide_index(), layer)
+        self.work.put(lambda: select_if_none(self.viewer, layer))
         if entry.id != self.session.active_slide:
             layer.visible = False
             self._hidden.setdefault(entry.id, set()).add(layer.name)

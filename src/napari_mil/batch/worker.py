@@ -117,14 +117,28 @@ def extractor_cached(model, extractor: str | None = None, device: str = "cpu",
 
 def clear_attempt(slide_dir: Path) -> None:
     """Remove earlier outputs and the temporary files a killed write left (``done.json``
-    first: from then on the slide no longer counts as complete)."""
+    first: from then on the slide no longer counts as complete), the attempt record's
+    included."""
     for name in (DONE, *OUTPUTS):
         (slide_dir / name).unlink(missing_ok=True)
-        for tmp in slide_dir.glob(f".{glob.escape(name[:64])}*.tmp"):
-            if tmp.is_dir():
-                shutil.rmtree(tmp, ignore_errors=True)
-            else:
-                tmp.unlink(missing_ok=True)
+        _remove_temporaries(slide_dir, name)
+    _remove_temporaries(slide_dir, ATTEMPT)
+
+
+def remove_attempt(slide_dir: Path) -> None:
+    """The attempt record goes once the slide is complete, with any temporary copy of it a
+    worker killed while writing it left behind."""
+    (slide_dir / ATTEMPT).unlink(missing_ok=True)
+    _remove_temporaries(slide_dir, ATTEMPT)
+
+
+def _remove_temporaries(slide_dir: Path, name: str) -> None:
+    """The temporary files and folders of ``io.atomic``'s writes of ``name``."""
+    for tmp in slide_dir.glob(f".{glob.escape(name[:64])}*.tmp"):
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
 
 
 def _failure_message(exc: Exception, out_dir: Path) -> str:
@@ -185,7 +199,7 @@ def _process_locked(slide_path: str, checkpoint: str, slide_dir: Path,
     if check.state == "current" and (not overwrite or mine):
         # a rerun (or a task dask repeats: ``mine``) keeps what is complete; a copied slide
         # file whose content is unchanged gets its new stamp recorded
-        (slide_dir / ATTEMPT).unlink(missing_ok=True)  # left by a kill after done.json
+        remove_attempt(slide_dir)  # left by a kill after done.json
         if check.done.get("slide") != identity.to_dict():
             atomic_write_text(slide_dir / DONE, json.dumps(
                 {**check.done, "slide": identity.to_dict()}, indent=1), overwrite=True)
@@ -241,6 +255,6 @@ def _process_locked(slide_path: str, checkpoint: str, slide_dir: Path,
     runtime = time.perf_counter() - t0
     done = write_done(slide_dir, slide=identity, recipe=recipe, result=result,
                       runtime_s=runtime, run_id=run_id)
-    (slide_dir / ATTEMPT).unlink(missing_ok=True)
+    remove_attempt(slide_dir)
     return outcome_from_done(slide_path, slide_dir, done, SlideStatus.OK, note)
 
