@@ -223,3 +223,19 @@ def test_a_first_slide_is_selected_in_the_turn_after_it_is_added(make_napari_vie
     view.work.flush()
     assert viewer.layers.selection.active is layer  # the user's selection stays
     assert view.slide_layer(other.id) not in viewer.layers.selection
+
+
+def test_start_up_layers_never_take_the_selection(make_napari_viewer, make_slide, qtbot):
+    from napari_mil._widgets.layer_sync import WARM_UP, warm_canvas
+
+    viewer = make_napari_viewer(show=True)
+    view = SessionLayers.of(viewer)
+    gone = []
+    warm_canvas(viewer, linger_ms=300, on_done=lambda: gone.append(True))
+    assert any(lyr.name.startswith(WARM_UP) for lyr in viewer.layers)
+    assert not viewer.layers.selection  # the throwaway layers are never selected
+    entry = view.session.open_slide(make_slide("during.svs", (512, 512)))  # while they linger
+    view.work.flush()
+    qtbot.waitUntil(lambda: bool(gone), timeout=5000)
+    assert not any(lyr.name.startswith(WARM_UP) for lyr in viewer.layers)
+    assert viewer.layers.selection.active is view.slide_layer(entry.id)  # its panel shows

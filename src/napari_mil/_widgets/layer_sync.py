@@ -286,13 +286,15 @@ def warm_canvas(viewer, linger_ms: int = 400, on_done=None) -> None:
     box = np.array([[0.0, 0.0], [0.0, 1.0], [1.0, 1.0], [1.0, 0.0]])
     common = {"opacity": 0.0, "units": "um", "metadata": {"warm_up": True}}
     try:
-        made = [viewer.add_labels(np.zeros((2, 2), np.uint8), name=f"{WARM_UP} labels",
-                                  **common),
-                viewer.add_shapes([box], shape_type="rectangle", name=f"{WARM_UP} shapes",
-                                  features={"label": [_WARM_GLYPHS]},
-                                  text={"string": "{label}", "size": 10}, **common),
-                viewer.add_image(np.zeros((2, 2), np.float32), name=f"{WARM_UP} image",
-                                 **common)]
+        # never selected: the user's selection (or a slide opened meanwhile) keeps it
+        with keep_selection(viewer, even_if_none=True):
+            made = [viewer.add_labels(np.zeros((2, 2), np.uint8), name=f"{WARM_UP} labels",
+                                      **common),
+                    viewer.add_shapes([box], shape_type="rectangle", name=f"{WARM_UP} shapes",
+                                      features={"label": [_WARM_GLYPHS]},
+                                      text={"string": "{label}", "size": 10}, **common),
+                    viewer.add_image(np.zeros((2, 2), np.float32), name=f"{WARM_UP} image",
+                                     **common)]
     except Exception:  # a closing viewer: nothing to warm  # noqa: BLE001
         return done()
 
