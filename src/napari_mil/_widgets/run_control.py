@@ -42,7 +42,6 @@ _JOIN_S = 30.0  # how long closing the viewer waits for a run to stop
 # Pause between two staged viewer updates. Not 0: a chain of zero-timers is served before any
 # other timer, repaint or input (Qt's dispatcher), which would stall the viewer as one block.
 _STAGE_GAP_MS = 8
-_ANY_RUN = -1  # the run id of staged work done whatever run is current
 
 
 class RunControl:
@@ -143,7 +142,7 @@ class RunControl:
 
         def add() -> None:
             if made and (self.worker is not None or not while_running):
-                add_made_layer(self.viewer, made[0], reveal_with=self._stage_always)
+                add_made_layer(self.viewer, made[0], reveal_with=self.layers_view.work.put)
 
         self._stage(make)
         self._stage(add)
@@ -251,7 +250,7 @@ class RunControl:
         self._last_partial = 0.0
         self._last_progress_ui = 0.0
         self._run_id += 1
-        self._clear_staged()
+        self._ui_queue.clear()
         self._pending_partial = None
         self._pending_progress = None
         self._partial_scheduled = False
@@ -345,23 +344,12 @@ class RunControl:
         if len(self._ui_queue) == 1:
             QTimer.singleShot(_STAGE_GAP_MS, self._drain_one)
 
-    def _clear_staged(self) -> None:
-        """Forget staged work, except what is to be done whatever run is current (a drain
-        already scheduled does that)."""
-        kept = [item for item in self._ui_queue if item[0] == _ANY_RUN]
-        self._ui_queue.clear()
-        self._ui_queue.extend(kept)
-
-    def _stage_always(self, fn) -> None:
-        """Stage ``fn`` to run even if another run starts before its turn."""
-        self._stage(fn, _ANY_RUN)
-
     def _drain_one(self) -> None:
         if not self._ui_queue or self._closed:
             return
         run_id, fn = self._ui_queue.popleft()
         try:
-            if run_id in (self._run_id, _ANY_RUN):
+            if run_id == self._run_id:
                 fn()
         except Exception as exc:  # noqa: BLE001 - a failed update must not kill the session
             self.notify_error(exc)
@@ -408,7 +396,7 @@ class RunControl:
         self._pending_partial = None
         self._partial_scheduled = False
         self._run_id += 1  # a partial update still queued is stale now
-        self._clear_staged()
+        self._ui_queue.clear()
         key = self._run_key
         if outcome.tissue is not None:  # drawn by the session's layer view
             self._stage(lambda: self.session.set_tissue(key.slide, outcome.tissue,
@@ -458,7 +446,7 @@ class RunControl:
         the same model show it again; the layers made for this run (empty or half-drawn) go,
         so nothing half-drawn stays and the layer list is as it was before the run."""
         self._run_id += 1  # staged updates of this run become no-ops
-        self._clear_staged()
+        self._ui_queue.clear()
         self._pending_partial = None
         self._partial_scheduled = False
         if self._closed:
